@@ -1,0 +1,54 @@
+"""Model registry: `config.model.name` -> the module `jirl.models.<name>` and its `SPEC`.
+
+A new system is one file here that defines `SPEC = ModelSpec(...)`, plus one config file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from collections.abc import Callable
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What the training and evaluation code needs to know about one paper system.
+
+    build(model_cfg, dtype) -> flax module whose __call__(image, train) returns a dict of outputs.
+    objective(outputs, batch, loss_cfg) -> (scalar loss, dict of named scalars to log).
+    eval_masks(outputs) -> {name: [B,H,W,1] probability mask} scored by eval.py.
+    """
+
+    name: str
+    build: Callable[..., Any]
+    objective: Callable[..., Any]
+    eval_masks: Callable[..., Any]
+
+
+def available_models() -> list[str]:
+    """Names of the model files that define a SPEC."""
+    import jirl.models as pkg
+
+    names = []
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name in ("layers", "resnet"):
+            continue
+        if getattr(importlib.import_module(f"jirl.models.{info.name}"), "SPEC", None):
+            names.append(info.name)
+    return sorted(names)
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The ModelSpec of `name`; a clear error lists the available ones."""
+    try:
+        module = importlib.import_module(f"jirl.models.{name}")
+    except ModuleNotFoundError as e:
+        if e.name != f"jirl.models.{name}":
+            raise
+        module = None
+    spec = getattr(module, "SPEC", None)
+    if spec is None:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}")
+    return spec

@@ -1,0 +1,264 @@
+"""DIRL and its shared layers: shapes, PyTorch-compatible numerics, jit agreement, gradients."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from jirl.models import available_models, dirl, get_spec, layers
+from jirl.models.resnet import BasicBlock, ResLayer
+
+TINY = dict(stem_features=8, stage_features=(8, 8, 16, 16, 24), stage_blocks=(1, 2, 1, 1, 1),
+            ggd_ch=8)
+
+
+def _tiny():
+    return dirl.DIRL(**TINY)
+
+
+def _init(model, shape, *args):
+    """Initializes under jit (op-by-op initialization of a whole network is slow on CPU)."""
+    return jax.jit(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape), *args))()
+
+
+# ---------------------------------------------------------------- shared layers
+
+
+def test_conv2d_matches_scipy_correlate():
+    x = np.random.default_rng(0).normal(size=(1, 7, 9, 2)).astype(np.float32)
+    conv = layers.Conv2d(3, kernel_size=3, stride=1, padding=1)
+    v = conv.init(jax.random.PRNGKey(1), x)
+    y = np.asarray(conv.apply(v, x))
+    k, b = np.asarray(v["params"]["kernel"]), np.asarray(v["params"]["bias"])
+    for o in range(3):
+        ref = sum(ndimage.correlate(x[0, :, :, i], k[:, :, i, o], mode="constant")
+                  for i in range(2)) + b[o]
+        np.testing.assert_allclose(y[0, :, :, o], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_conv2d_stride_and_padding_shape():
+    conv = layers.Conv2d(4, kernel_size=3, stride=2, padding=1)
+    x = jnp.zeros((2, 15, 16, 3))
+    y = conv.apply(conv.init(jax.random.PRNGKey(0), x), x)
+    chex.assert_shape(y, (2, 8, 8, 4))  # floor((15 + 2 - 3) / 2) + 1 = 8, as torch
+
+
+def test_batchnorm_train_and_eval_match_torch_semantics():
+    x = np.random.default_rng(0).normal(2.0, 3.0, size=(4, 5, 5, 3)).astype(np.float32)
+    bn = layers.BatchNorm(momentum=0.1)
+    v = bn.init(jax.random.PRNGKey(0), x, train=False)
+    chex.assert_trees_all_close(v["batch_stats"]["mean"], np.zeros(3))
+    y, upd = bn.apply(v, x, train=True, mutable=["batch_stats"])
+    mean, var = x.mean((0, 1, 2)), x.var((0, 1, 2))
+    np.testing.assert_allclose(np.asarray(y), (x - mean) / np.sqrt(var + 1e-5), atol=1e-4)
+    n = 4 * 5 * 5
+    np.testing.assert_allclose(upd["batch_stats"]["mean"], 0.1 * mean, rtol=1e-5)
+    np.testing.assert_allclose(upd["batch_stats"]["var"], 0.9 + 0.1 * var * n / (n - 1),
+                               rtol=1e-5)
+    y_eval = bn.apply({"params": v["params"], "batch_stats": upd["batch_stats"]}, x, train=False)
+    ref = (x - 0.1 * mean) / np.sqrt(0.9 + 0.1 * var * n / (n - 1) + 1e-5)
+    np.testing.assert_allclose(np.asarray(y_eval), ref, atol=1e-4)
+
+
+def _bilinear_reference(img, out_h, out_w, align_corners):
+    """Independent per-pixel transcription of PyTorch's bilinear sampling rule."""
+    in_h, in_w = img.shape
+
+    def src(i, n_in, n_out):
+        if align_corners:
+            return i * (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+        return max((i + 0.5) * n_in / n_out - 0.5, 0.0)
+
+    out = np.zeros((out_h, out_w))
+    for i in range(out_h):
+        for j in range(out_w):
+            y, x = src(i, in_h, out_h), src(j, in_w, out_w)
+            y0, x0 = min(int(np.floor(y)), in_h - 1), min(int(np.floor(x)), in_w - 1)
+            y1, x1 = min(y0 + 1, in_h - 1), min(x0 + 1, in_w - 1)
+            dy, dx = y - y0, x - x0
+            out[i, j] = ((1 - dy) * (1 - dx) * img[y0, x0] + (1 - dy) * dx * img[y0, x1]
+                         + dy * (1 - dx) * img[y1, x0] + dy * dx * img[y1, x1])
+    return out
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+@pytest.mark.parametrize("size", [(8, 14), (3, 4), (10, 7)])
+def test_resize_bilinear_matches_torch_rule(align_corners, size):
+    img = np.random.default_rng(1).normal(size=(5, 7)).astype(np.float32)
+    y = layers.resize_bilinear(jnp.asarray(img)[None, :, :, None], size, align_corners)
+    ref = _bilinear_reference(img, *size, align_corners)
+    np.testing.assert_allclose(np.asarray(y)[0, :, :, 0], ref, atol=1e-5)
+
+
+def test_half_pixel_upsampling_agrees_with_jax_image_resize():
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 5, 3))
+    ours = layers.resize_bilinear(x, (24, 20), align_corners=False)
+    chex.assert_trees_all_close(ours, jax.image.resize(x, (2, 24, 20, 3), "bilinear"), atol=1e-5)
+
+
+def test_nearest_upsample_and_max_pool():
+    x = jnp.arange(2 * 3 * 4, dtype=jnp.float32).reshape(1, 3, 4, 2)
+    up = layers.upsample_nearest2x(x)
+    chex.assert_shape(up, (1, 6, 8, 2))
+    np.testing.assert_array_equal(up[0, 1::2, 1::2], x[0])
+    pooled = layers.max_pool(-(x + 1))  # torch MaxPool2d(3, 2, 1) pads with -inf, not zeros
+    chex.assert_shape(pooled, (1, 2, 2, 2))
+    assert float(pooled.max()) < 0
+
+
+# ---------------------------------------------------------------- blocks
+
+
+def test_basic_block_shortcuts():
+    x = jnp.ones((1, 8, 8, 4))
+    bb = BasicBlock(8, stride=2)
+    v = _init(bb, x.shape, False)
+    assert set(v["params"]) == {"conv1", "bn1", "conv2", "bn2", "downsample_conv", "downsample_bn"}
+    chex.assert_shape(bb.apply(v, x, False), (1, 4, 4, 8))
+    dirl_bb = BasicBlock(8, shortcut="conv_bias")
+    v = _init(dirl_bb, x.shape, False)
+    assert "bias" in v["params"]["downsample_conv"] and "downsample_bn" not in v["params"]
+    identity = BasicBlock(4)
+    assert "downsample_conv" not in _init(identity, x.shape, False)["params"]
+    with pytest.raises(ValueError, match="no stride"):
+        _init(BasicBlock(8, stride=2, shortcut="conv_bias"), x.shape, False)
+
+
+def test_res_layer_depth():
+    v = _init(ResLayer(8, 3, 2), (1, 8, 8, 4), False)
+    assert sorted(v["params"]) == ["block0", "block1", "block2"]
+
+
+@pytest.mark.parametrize("mode,shapes,out_hw", [
+    ("h2l", [(2, 16, 16, 4), (2, 8, 8, 6)], (16, 16)),
+    ("hl2m", [(2, 16, 16, 4), (2, 8, 8, 6), (2, 4, 4, 8)], (8, 8)),
+    ("l2h", [(2, 8, 8, 6), (2, 4, 4, 8)], (4, 4)),
+])
+def test_bfi_modes_output_at_their_level(mode, shapes, out_hw):
+    xs = [jnp.ones(s) for s in shapes]
+    bfi = dirl.BFI(5, mode)
+    v = jax.jit(lambda xs: bfi.init(jax.random.PRNGKey(0), xs, False))(xs)
+    chex.assert_shape(jax.jit(lambda v, xs: bfi.apply(v, xs, False))(v, xs), (2, *out_hw, 5))
+
+
+def test_bfi_unknown_mode():
+    with pytest.raises(ValueError, match="unknown BFI mode"):
+        dirl.BFI(4, "m2h").init(jax.random.PRNGKey(0), [jnp.ones((1, 4, 4, 2))] * 2, False)
+
+
+def test_eca_is_a_1d_conv_over_pooled_channels():
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 6))
+    eca = dirl.ECA()
+    v = eca.init(jax.random.PRNGKey(1), x)
+    w = np.asarray(v["params"]["kernel"])
+    pooled = np.asarray(x).mean((1, 2))
+    gate = np.stack([np.convolve(np.pad(p, 1), w[::-1], mode="valid") for p in pooled])
+    ref = np.asarray(x) / (1 + np.exp(-gate))[:, None, None, :]
+    np.testing.assert_allclose(np.asarray(eca.apply(v, x)), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_mda_returns_features_and_a_probability_map():
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 4))
+    mda = dirl.MDA()
+    v = mda.init(jax.random.PRNGKey(1), x, False)
+    (y, att), _ = mda.apply(v, x, True, mutable=["batch_stats"])
+    chex.assert_shape([y, att], [(2, 8, 8, 4), (2, 8, 8, 1)])
+    assert float(att.min()) >= 0 and float(att.max()) <= 1
+    # the spatial gate's BatchNorm uses PyTorch momentum 0.01 (BasicConv)
+    _, upd = mda.apply(v, x, True, mutable=["batch_stats"])
+    m = upd["batch_stats"]["spatial_gate"]["conv1"]["bn"]["mean"]
+    assert 0 < float(jnp.abs(m).max()) < 0.05 * float(jnp.abs(x).max()) + 1
+
+
+@pytest.mark.parametrize("hw", [(32, 32), (64, 48)])
+def test_encoder_and_decoder_shapes(hw):
+    x = jnp.zeros((2, *hw, 3))
+    enc = dirl.Encoder(8, (8, 8, 16, 16, 24), (1, 1, 1, 1, 1))
+    skips = jax.jit(lambda v, x: enc.apply(v, x, False))(_init(enc, x.shape, False), x)
+    h, w = hw
+    chex.assert_shape(skips, [(2, h, w, 8), (2, h // 2, w // 2, 8), (2, h // 4, w // 4, 16),
+                              (2, h // 8, w // 8, 16), (2, h // 16, w // 16, 24)])
+    dec = dirl.Decoder(ggd_ch=8)
+    v = jax.jit(lambda s: dec.init(jax.random.PRNGKey(0), s, False))(skips)
+    logits, att = jax.jit(lambda v, s: dec.apply(v, s, False))(v, skips)
+    chex.assert_shape(logits, (2, h, w, 1))
+    chex.assert_shape(list(att), [(2, h, w, 1)] * 5)
+    assert "conv4" in v["params"]["ggd"]["d0"]  # owned by the official model, never called
+
+
+# ---------------------------------------------------------------- the whole model
+
+
+@pytest.mark.parametrize("hw", [(32, 32), (64, 32)])
+def test_dirl_output_shapes_and_ranges(hw):
+    m = _tiny()
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, *hw, 3))
+    out = jax.jit(lambda v, x: m.apply(v, x, train=False))(_init(m, x.shape), x)
+    chex.assert_shape(out["mask"], (2, *hw, 1))
+    chex.assert_shape(list(out["attention"]), [(2, *hw, 1)] * 5)
+    chex.assert_trees_all_close(out["mask"], jax.nn.sigmoid(out["logits"]))
+    chex.assert_tree_all_finite(out)
+
+
+def test_dirl_rejects_bad_input_shapes():
+    m = _tiny()
+    with pytest.raises(ValueError, match="multiples of 16"):
+        _init(m, (1, 40, 32, 3))
+    with pytest.raises(ValueError, match=r"\[B, H, W, 3\]"):
+        _init(m, (1, 32, 32, 1))
+
+
+class JitAgreementTest(chex.TestCase):
+    """The same DIRL forward pass (train mode, BN statistic updates included) with and without jit."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_dirl_jit_and_no_jit_agree(self):
+        m = dirl.DIRL(stem_features=4, stage_features=(4, 4, 8, 8, 8), stage_blocks=(1,) * 5,
+                      ggd_ch=4)
+        x = jax.random.normal(jax.random.PRNGKey(0), (1, 32, 32, 3))
+        v = _init(m, x.shape)
+
+        @self.variant
+        def fwd(v, x):
+            return m.apply(v, x, train=True, mutable=["batch_stats"])
+
+        out, upd = fwd(v, x)
+        ref, ref_upd = jax.jit(lambda v, x: m.apply(v, x, train=True, mutable=["batch_stats"]))(
+            v, x)
+        chex.assert_trees_all_close(out, ref, atol=1e-5)
+        chex.assert_trees_all_close(upd, ref_upd, atol=1e-5)
+
+
+def test_gradients_reach_every_parameter():
+    m = _tiny()
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
+    target = (jax.random.uniform(jax.random.PRNGKey(1), (2, 32, 32, 1)) > 0.7).astype(jnp.float32)
+    v = _init(m, x.shape)
+
+    def loss(params):
+        out, _ = m.apply({"params": params, "batch_stats": v["batch_stats"]}, x, train=True,
+                         mutable=["batch_stats"])
+        return sum(jnp.mean((a - target) ** 2) for a in (out["mask"], *out["attention"]))
+
+    grads = jax.jit(jax.grad(loss))(v["params"])
+    flat = jax.tree_util.tree_flatten_with_path(grads)[0]
+    unused = [jax.tree_util.keystr(k) for k, g in flat if not np.any(np.asarray(g))]
+    # the only parameter without a gradient is the official model's uncalled GGD `conv4`
+    assert unused and all("'conv4'" in k for k in unused), unused
+    assert len(unused) == 3  # conv kernel, BN scale, BN bias
+
+
+def test_official_parameter_count():
+    cfg = get_spec("dirl")
+    assert cfg.name == "dirl"
+    m = dirl.DIRL()  # ResNet34 widths, ggd_ch=32: the official default
+    shapes = jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3))))
+    assert sum(x.size for x in jax.tree.leaves(shapes["params"])) == 53_471_354
+
+
+def test_registry():
+    assert "dirl" in available_models()
+    with pytest.raises(ValueError, match="unknown model 'nope'; available: .*dirl"):
+        get_spec("nope")
