@@ -1,0 +1,52 @@
+"""The TFDS feature dictionary shared by every composite-image builder (synthetic, iHarmony4)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+IMAGE_FORMATS = ("png", "jpeg")
+
+
+def composite_features(image_format: str = "png") -> tfds.features.FeaturesDict:
+    """Features of one composite example.
+
+    ``composite``/``real``: uint8 [H, W, 3] (``image_format`` png or jpeg); ``mask``: uint8
+    [H, W, 1] png with values 0 (background) / 255 (inharmonious foreground); ``subset``: e.g.
+    "HCOCO" or "synthetic"; ``name``: the composite file name; ``mask_fraction``: foreground share.
+    """
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
+    return tfds.features.FeaturesDict(
+        {
+            "composite": tfds.features.Image(shape=(None, None, 3), encoding_format=image_format),
+            "mask": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
+            "real": tfds.features.Image(shape=(None, None, 3), encoding_format=image_format),
+            "subset": tfds.features.Text(),
+            "name": tfds.features.Text(),
+            "mask_fraction": tfds.features.Scalar(dtype=np.float32),
+        }
+    )
+
+
+def encode_image(array: np.ndarray, image_format: str = "png") -> io.BytesIO:
+    """Encodes a uint8 [H, W, C] array (C = 1 or 3) with PIL.
+
+    TFDS can only encode numpy arrays with TensorFlow; encoded file objects keep builders TF-free.
+    """
+    array = np.asarray(array)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] not in (1, 3):
+        raise ValueError(f"expected a uint8 [H, W, 1|3] array, got {array.dtype} {array.shape}")
+    image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    buffer = io.BytesIO()
+    if image_format == "png":
+        image.save(buffer, format="PNG", compress_level=1)
+    elif image_format == "jpeg":
+        image.save(buffer, format="JPEG", quality=95)
+    else:
+        raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
+    buffer.seek(0)
+    return buffer

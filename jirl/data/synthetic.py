@@ -1,0 +1,406 @@
+"""Synthetic iHarmony-style composites made from photos that installed packages ship.
+
+Each example is built the way iHarmony4 built its composites (Cong et al., "DoveNet", CVPR
+2020, §3): take a real photo, pick an object-like foreground region, change the foreground's
+appearance (colour transfer from another photo, exposure, gamma, white balance, saturation, hue)
+and paste it back, so the untouched photo is the harmonious ``real`` image and the binary mask
+marks the inharmonious region.
+
+Source photos (bundled inside the wheels, loaded with no network access): scikit-image
+``skimage.data`` astronaut, coffee, chelsea, rocket, immunohistochemistry and the left view of
+stereo_motorcycle; scikit-learn ``load_sample_image`` china.jpg and flower.jpg. Excluded: photos
+that need a pooch download (eagle, lily, ...), grey-scale images, drawings (colorwheel, logo),
+and colour photos that are mostly black (hubble_deep_field, retina), where changes are invisible.
+
+Train/test disjointness: every photo is cut once and for all (independently of the seed) into a
+square *test region* at one of its corners (side ``TEST_REGION_FRACTION`` x the photo's shorter
+side; the corner rotates with the photo's position in ``PHOTOS``) and a *train region*, the rest
+of the photo. Test crops lie inside the test square; train crops never intersect it.
+Colour-transfer reference statistics come from the same split's region of another photo. So no
+source pixel is shared between the splits.
+
+Determinism: example ``index`` of ``split`` is a pure function of ``(seed, split, index,
+image_size)``; its ``numpy.random.Generator`` is seeded with ``[seed, split_id, index]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image, ImageDraw
+from scipy import ndimage
+from skimage import color
+
+SPLITS = ("train", "test")
+SUBSET = "synthetic"
+
+TEST_REGION_FRACTION = 0.45
+"""Side of each photo's reserved test square, as a fraction of the photo's shorter side."""
+
+MIN_FG_FRACTION = 0.05
+MAX_FG_FRACTION = 0.50
+
+# Minimum mean absolute change (0..255 scale) over the foreground for a change to count as visible.
+MIN_VISIBLE_CHANGE = 8.0
+
+
+def _skimage(name: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        import skimage.data
+
+        image = getattr(skimage.data, name)()
+        return image[0] if isinstance(image, tuple) else image
+
+    return load
+
+
+def _sklearn(filename: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        from sklearn.datasets import load_sample_image
+
+        return load_sample_image(filename)
+
+    return load
+
+
+# name -> loader returning an RGB uint8 array. Order matters: it fixes each photo's test corner.
+PHOTOS: dict[str, Callable[[], np.ndarray]] = {
+    "astronaut": _skimage("astronaut"),
+    "coffee": _skimage("coffee"),
+    "chelsea": _skimage("chelsea"),
+    "rocket": _skimage("rocket"),
+    "motorcycle": _skimage("stereo_motorcycle"),
+    "immunohistochemistry": _skimage("immunohistochemistry"),
+    "china": _sklearn("china.jpg"),
+    "flower": _sklearn("flower.jpg"),
+}
+
+
+@functools.cache
+def load_photo(name: str) -> np.ndarray:
+    """Returns the named source photo as a read-only uint8 [H, W, 3] array."""
+    image = np.ascontiguousarray(np.asarray(PHOTOS[name]())[..., :3], dtype=np.uint8)
+    image.setflags(write=False)
+    return image
+
+
+# ----------------------------------------------------------------------------------------------
+# Train/test regions and crop boxes.
+
+
+@dataclasses.dataclass(frozen=True)
+class Box:
+    """A square crop ``[y0, y0 + size) x [x0, x0 + size)`` of a photo."""
+
+    y0: int
+    x0: int
+    size: int
+
+    def intersects(self, other: Box) -> bool:
+        return (
+            self.y0 < other.y0 + other.size
+            and other.y0 < self.y0 + self.size
+            and self.x0 < other.x0 + other.size
+            and other.x0 < self.x0 + self.size
+        )
+
+    def inside(self, other: Box) -> bool:
+        return (
+            other.y0 <= self.y0
+            and other.x0 <= self.x0
+            and self.y0 + self.size <= other.y0 + other.size
+            and self.x0 + self.size <= other.x0 + other.size
+        )
+
+
+def photo_shape(name: str) -> tuple[int, int]:
+    return load_photo(name).shape[:2]
+
+
+def test_region(name: str) -> Box:
+    """The square of photo ``name`` reserved for the test split (fixed, seed-independent)."""
+    h, w = photo_shape(name)
+    side = int(round(TEST_REGION_FRACTION * min(h, w)))
+    corner = list(PHOTOS).index(name) % 4  # 0 top-left, 1 top-right, 2 bottom-right, 3 bottom-left
+    y0 = 0 if corner in (0, 1) else h - side
+    x0 = 0 if corner in (0, 3) else w - side
+    return Box(y0, x0, side)
+
+
+def _train_max_side(name: str) -> int:
+    """Largest square that fits in the photo without touching its test square."""
+    h, w = photo_shape(name)
+    t = test_region(name).size
+    return max(min(w - t, h), min(h - t, w))
+
+
+def sample_box(rng: np.random.Generator, name: str, split: str) -> Box:
+    """Draws a square crop box of photo ``name`` that lies in ``split``'s region."""
+    region = test_region(name)
+    if split == "test":
+        size = int(rng.integers(int(0.7 * region.size), region.size + 1))
+        y0 = region.y0 + int(rng.integers(0, region.size - size + 1))
+        x0 = region.x0 + int(rng.integers(0, region.size - size + 1))
+        return Box(y0, x0, size)
+    if split != "train":
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    h, w = photo_shape(name)
+    hi = _train_max_side(name)
+    lo = min(hi, int(0.4 * min(h, w)))
+    size = int(rng.integers(lo, hi + 1))
+    while True:  # rejection sampling; terminates since a box of side <= hi always fits somewhere
+        for _ in range(50):
+            box = Box(int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1)), size)
+            if not box.intersects(region):
+                return box
+        size = max(1, int(size * 0.9))
+
+
+def crop_resize(image: np.ndarray, box: Box, size: int) -> np.ndarray:
+    patch = image[box.y0 : box.y0 + box.size, box.x0 : box.x0 + box.size]
+    if patch.shape[0] == size:
+        return np.array(patch)
+    return np.asarray(Image.fromarray(patch).resize((size, size), Image.Resampling.BICUBIC))
+
+
+# ----------------------------------------------------------------------------------------------
+# Object-like masks.
+
+
+def _blob_mask(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Smooth blob: low-frequency noise plus a Gaussian bump, thresholded, holes filled."""
+    grid = int(rng.integers(3, 7))
+    noise = rng.standard_normal((grid, grid)).astype(np.float32)
+    field = np.asarray(Image.fromarray(noise).resize((size, size), Image.Resampling.BICUBIC))
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    cy, cx = rng.uniform(0.3, 0.7, size=2)
+    sigma = rng.uniform(0.15, 0.3)
+    bump = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2))
+    field = 0.5 * field / (np.abs(field).max() + 1e-6) + bump
+    target = rng.uniform(0.08, 0.45)
+    return ndimage.binary_fill_holes(field > np.quantile(field, 1.0 - target))
+
+
+def _ellipse_mask(rng: np.random.Generator, size: int) -> np.ndarray:
+    target = rng.uniform(0.06, 0.45)
+    ratio = rng.uniform(0.35, 1.0)
+    a = np.sqrt(target * size * size / (np.pi * ratio))
+    b = ratio * a
+    theta = rng.uniform(0.0, np.pi)
+    cy, cx = rng.uniform(0.3, 0.7, size=2) * size
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    u = (xx - cx) * np.cos(theta) + (yy - cy) * np.sin(theta)
+    v = -(xx - cx) * np.sin(theta) + (yy - cy) * np.cos(theta)
+    return (u / a) ** 2 + (v / b) ** 2 <= 1.0
+
+
+def _polygon_mask(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Random star-shaped polygon (5-12 vertices) around a random centre."""
+    n = int(rng.integers(5, 13))
+    angles = np.sort(rng.uniform(0.0, 2 * np.pi, n))
+    radii = rng.uniform(0.55, 1.0, n)
+    target = rng.uniform(0.06, 0.45)
+    # Area of the polygon with unit scale, to scale it to the target coverage.
+    xs, ys = radii * np.cos(angles), radii * np.sin(angles)
+    unit_area = 0.5 * abs(np.dot(xs, np.roll(ys, -1)) - np.dot(ys, np.roll(xs, -1)))
+    scale = np.sqrt(target * size * size / max(unit_area, 1e-3))
+    cy, cx = rng.uniform(0.3, 0.7, size=2) * size
+    points = [(float(cx + scale * x), float(cy + scale * y)) for x, y in zip(xs, ys, strict=True)]
+    canvas = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(canvas).polygon(points, fill=255)
+    return np.asarray(canvas) > 127
+
+
+MASK_SHAPES: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
+    "blob": _blob_mask,
+    "ellipse": _ellipse_mask,
+    "polygon": _polygon_mask,
+}
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    labels, count = ndimage.label(mask)
+    if count <= 1:
+        return mask
+    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1))
+    return labels == (1 + int(np.argmax(sizes)))
+
+
+def sample_mask(rng: np.random.Generator, size: int, max_tries: int = 20) -> tuple[np.ndarray, str]:
+    """Returns an object-like bool [size, size] mask covering 5-50 % of the image, and its kind."""
+    for _ in range(max_tries):
+        kind = str(rng.choice(list(MASK_SHAPES)))
+        # One object: shapes cut by the image border may fall apart; keep the largest piece.
+        mask = _largest_component(MASK_SHAPES[kind](rng, size))
+        if MIN_FG_FRACTION <= mask.mean() <= MAX_FG_FRACTION:
+            return mask, kind
+    # Fallback that always fits: a centred ellipse covering ~20 %.
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    r = np.sqrt(0.2 / np.pi) * size
+    return (yy - size / 2) ** 2 + (xx - size / 2) ** 2 <= r * r, "ellipse"
+
+
+# ----------------------------------------------------------------------------------------------
+# Foreground appearance changes. Each acts on float RGB pixels in [0, 1] of shape [N, 3].
+
+
+def _signed_log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    """exp(+-u), u ~ U(log lo, log hi): a factor in [1/hi, 1/lo] or [lo, hi]."""
+    value = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    return value if rng.random() < 0.5 else 1.0 / value
+
+
+def _lab(pixels: np.ndarray) -> np.ndarray:
+    return color.rgb2lab(pixels[:, None, :])[:, 0, :]
+
+
+def _color_transfer(rng, pixels, reference):
+    """Reinhard et al. 2001 colour transfer in Lab: match the foreground's per-channel mean/std to
+    the statistics of a crop of another photo, blended with strength alpha."""
+    lab = _lab(pixels)
+    ref = _lab(reference)
+    mu_s, sd_s = lab.mean(0), lab.std(0) + 1e-3
+    mu_t, sd_t = ref.mean(0), ref.std(0) + 1e-3
+    gain = np.clip(sd_t / sd_s, 0.5, 2.0)
+    alpha = rng.uniform(0.6, 1.0)
+    out = lab + alpha * ((lab - mu_s) * gain + mu_t - lab)
+    with warnings.catch_warnings():  # Out-of-gamut colours are clipped; that is intended.
+        warnings.simplefilter("ignore", UserWarning)
+        return color.lab2rgb(out[:, None, :])[:, 0, :]
+
+
+def _exposure(rng, pixels, reference):
+    return pixels * _signed_log_uniform(rng, 1.25, 1.7)
+
+
+def _gamma(rng, pixels, reference):
+    return np.power(pixels, _signed_log_uniform(rng, 1.3, 2.0))
+
+
+def _white_balance(rng, pixels, reference):
+    """Per-channel gains, i.e. a wrong white point; mean gain 1 keeps the brightness."""
+    direction = rng.standard_normal(3)
+    direction -= direction.mean()
+    direction /= np.abs(direction).max() + 1e-6
+    gains = np.exp(rng.uniform(0.15, 0.35) * direction)
+    return pixels * (gains / gains.mean())
+
+
+def _saturation(rng, pixels, reference):
+    hsv = color.rgb2hsv(pixels[:, None, :])
+    factor = rng.uniform(0.25, 0.6) if rng.random() < 0.5 else rng.uniform(1.5, 2.2)
+    hsv[..., 1] = np.clip(hsv[..., 1] * factor, 0.0, 1.0)
+    return color.hsv2rgb(hsv)[:, 0, :]
+
+
+def _hue(rng, pixels, reference):
+    hsv = color.rgb2hsv(pixels[:, None, :])
+    shift = rng.uniform(0.04, 0.12) * (1 if rng.random() < 0.5 else -1)
+    hsv[..., 0] = (hsv[..., 0] + shift) % 1.0
+    return color.hsv2rgb(hsv)[:, 0, :]
+
+
+APPEARANCE_CHANGES = {
+    "color_transfer": _color_transfer,
+    "exposure": _exposure,
+    "gamma": _gamma,
+    "white_balance": _white_balance,
+    "saturation": _saturation,
+    "hue": _hue,
+}
+# Colour transfer is what most iHarmony4 (HCOCO) composites use, so it is drawn twice as often.
+_CHANGE_WEIGHTS = np.array([2.0, 1.0, 1.0, 1.0, 1.0, 1.0]) / 7.0
+
+
+def _reference_pixels(rng: np.random.Generator, photo: str, split: str) -> np.ndarray:
+    """Pixels of a random crop of another photo (same split's region), downsampled, in [0, 1]."""
+    names = [n for n in PHOTOS if n != photo]
+    other = names[int(rng.integers(len(names)))]
+    box = sample_box(rng, other, split)
+    sub = int(rng.integers(max(8, box.size // 4), box.size + 1))
+    sub_box = Box(
+        box.y0 + int(rng.integers(0, box.size - sub + 1)),
+        box.x0 + int(rng.integers(0, box.size - sub + 1)),
+        sub,
+    )
+    patch = crop_resize(load_photo(other), sub_box, 48)
+    return patch.reshape(-1, 3).astype(np.float64) / 255.0
+
+
+def change_appearance(
+    rng: np.random.Generator, pixels: np.ndarray, photo: str, split: str, max_tries: int = 6
+) -> tuple[np.ndarray, list[str]]:
+    """Applies one or two random appearance changes to uint8 [N, 3] foreground pixels.
+
+    Redraws (up to ``max_tries``) until the mean absolute change is at least MIN_VISIBLE_CHANGE,
+    keeping the strongest draw otherwise. Returns the new uint8 pixels and the changes' names.
+    """
+    x = pixels.astype(np.float64) / 255.0
+    best, best_diff, best_names = pixels, -1.0, []
+    for _ in range(max_tries):
+        count = 1 if rng.random() < 0.6 else 2
+        names = rng.choice(list(APPEARANCE_CHANGES), size=count, replace=False, p=_CHANGE_WEIGHTS)
+        y = x
+        for name in names:
+            reference = _reference_pixels(rng, photo, split) if name == "color_transfer" else None
+            y = np.clip(APPEARANCE_CHANGES[name](rng, y, reference), 0.0, 1.0)
+        out = np.rint(y * 255.0).astype(np.uint8)
+        diff = float(np.abs(out.astype(np.int16) - pixels.astype(np.int16)).mean())
+        if diff > best_diff:
+            best, best_diff, best_names = out, diff, [str(n) for n in names]
+        if diff >= MIN_VISIBLE_CHANGE:
+            break
+    return best, best_names
+
+
+# ----------------------------------------------------------------------------------------------
+# Examples.
+
+
+def example_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if seed < 0 or index < 0:
+        raise ValueError(f"seed and index must be >= 0, got seed={seed}, index={index}")
+    return np.random.default_rng([int(seed), SPLITS.index(split), int(index)])
+
+
+def example_name(photo: str, split: str, index: int) -> str:
+    """iHarmony-style composite name ``a_b_c.png`` (real ``a``, mask ``a_b``)."""
+    return f"{photo}-{split}{index:06d}_1_1.png"
+
+
+def generate_example(split: str, index: int, *, image_size: int = 256, seed: int = 0) -> dict:
+    """Generates synthetic example ``index`` of ``split``.
+
+    Returns a dict with ``composite`` and ``real`` uint8 [S, S, 3], ``mask`` uint8 [S, S, 1] in
+    {0, 255}, ``mask_fraction`` float, ``subset``/``name`` str, plus provenance: ``photo``, ``box``
+    (the crop Box in the source photo), ``mask_kind`` and ``changes``.
+    """
+    if image_size < 16:
+        raise ValueError(f"image_size must be >= 16, got {image_size}")
+    rng = example_rng(seed, split, index)
+    photo = str(rng.choice(list(PHOTOS)))
+    box = sample_box(rng, photo, split)
+    real = crop_resize(load_photo(photo), box, image_size)
+    if rng.random() < 0.5:
+        real = np.ascontiguousarray(real[:, ::-1])
+    mask, mask_kind = sample_mask(rng, image_size)
+    composite = real.copy()
+    composite[mask], changes = change_appearance(rng, real[mask], photo, split)
+    return {
+        "composite": composite,
+        "mask": (mask[..., None] * np.uint8(255)).astype(np.uint8),
+        "real": real,
+        "mask_fraction": float(mask.mean()),
+        "subset": SUBSET,
+        "name": example_name(photo, split, index),
+        "photo": photo,
+        "box": box,
+        "mask_kind": mask_kind,
+        "changes": changes,
+    }

@@ -1,0 +1,170 @@
+"""Per-example transforms of the input pipeline, as in the official DIRL data loader.
+
+Official DIRL (``data/base_dataset.py``, ``data/ihd_dataset.py``): training applies
+albumentations ``RandomResizedCrop(crop, crop, scale=(0.9, 1.0))`` (default ratio (3/4, 4/3))
+then ``HorizontalFlip(p=0.5)`` to composite, real and mask, with the mask resized like an image
+(bilinear, not nearest) and binarised with ``> 0.5``; a crop is re-drawn while it keeps <= 10
+foreground pixels, except that each draw is accepted outright with probability 0.05
+(``check_augmented_sample``; here the re-draws are capped). Evaluation resizes to crop x crop.
+Resizing is OpenCV ``INTER_LINEAR`` (half-pixel centres, no antialiasing, edge clamping) on
+uint8 images; ``resize_bilinear`` reproduces it in numpy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    crop_size: int = 224
+    scale: tuple[float, float] = (0.9, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip_prob: float = 0.5
+    min_foreground_pixels: int = 10  # a crop must keep MORE than this many foreground pixels ...
+    keep_any_prob: float = 0.05  # ... unless this coin accepts it anyway
+    max_redraws: int = 20  # after this many re-draws the last crop is used
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+def _linear_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of cv2.INTER_LINEAR along one axis."""
+    x = (np.arange(dst, dtype=np.float64) + 0.5) * (src / dst) - 0.5
+    x = np.clip(x, 0.0, src - 1)
+    i0 = np.floor(x).astype(np.intp)
+    i1 = np.minimum(i0 + 1, src - 1)
+    return i0, i1, (x - i0).astype(np.float32)
+
+
+def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of a [H, W, C] array to float32 [height, width, C] like cv2.INTER_LINEAR."""
+    image = np.asarray(image)
+    h, w = image.shape[:2]
+    if (h, w) == (height, width):
+        return image.astype(np.float32)
+    y0, y1, wy = _linear_taps(h, height)
+    x0, x1, wx = _linear_taps(w, width)
+    # In-place updates: fresh large temporaries cost page faults that dominate the run time.
+    rows = image[y0].astype(np.float32)
+    tmp = image[y1].astype(np.float32)
+    tmp -= rows
+    tmp *= wy[:, None, None]
+    rows += tmp
+    out = rows[:, x0]
+    tmp = rows[:, x1]
+    tmp -= out
+    tmp *= wx[None, :, None]
+    out += tmp
+    return out
+
+
+def random_resized_crop_box(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+) -> tuple[int, int, int, int]:
+    """(y0, x0, crop_height, crop_width) drawn like albumentations/torchvision RandomResizedCrop."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = rng.uniform(*scale) * area
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    # Fallback: central crop with the ratio clamped into range.
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def _normalize_(pixels: np.ndarray, cfg: AugmentConfig) -> np.ndarray:
+    """In place: (x / 255 - mean) / std on [..., 3k] float32 pixels (ToTensor + Normalize)."""
+    std = np.asarray(cfg.std, np.float32)
+    reps = pixels.shape[-1] // 3
+    pixels *= np.tile(1.0 / (255.0 * std), reps)
+    pixels -= np.tile(np.asarray(cfg.mean, np.float32) / std, reps)
+    return pixels
+
+
+def _arrays(record: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    composite = np.asarray(record["composite"])
+    real = np.asarray(record["real"])
+    mask = np.asarray(record["mask"])
+    if mask.ndim == 2:
+        mask = mask[..., None]
+    if not composite.shape[:2] == real.shape[:2] == mask.shape[:2]:
+        raise ValueError(
+            f"example {_text(record.get('name'))!r}: composite {composite.shape}, real "
+            f"{real.shape} and mask {mask.shape} must have the same height and width"
+        )
+    return composite, real, mask
+
+
+def _text(value) -> str:
+    if value is None:
+        return ""
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _output(images: np.ndarray, mask: np.ndarray, record: dict, cfg: AugmentConfig) -> dict:
+    images = _normalize_(np.rint(images, out=images), cfg)  # rint: cv2 resizes uint8 to uint8.
+    return {
+        "image": images[..., :3],
+        "mask": mask.astype(np.float32),
+        "real": images[..., 3:],
+        "subset": _text(record.get("subset")),
+        "name": _text(record.get("name")),
+    }
+
+
+def train_transform(record: dict, rng: np.random.Generator, cfg: AugmentConfig) -> dict:
+    """RandomResizedCrop + HorizontalFlip with the foreground re-draw rule (see module doc)."""
+    composite, real, mask_u8 = _arrays(record)
+    mask = mask_u8.astype(np.float32) / 255.0
+    height, width = mask.shape[:2]
+    size = cfg.crop_size
+    for _ in range(cfg.max_redraws + 1):
+        y0, x0, h, w = random_resized_crop_box(rng, height, width, cfg.scale, cfg.ratio)
+        flip = rng.random() < cfg.hflip_prob
+        keep_any = rng.random() < cfg.keep_any_prob
+        crop_mask = resize_bilinear(mask[y0 : y0 + h, x0 : x0 + w], size, size) > 0.5
+        if keep_any or int(crop_mask.sum()) > cfg.min_foreground_pixels:
+            break
+    box = (slice(y0, y0 + h), slice(x0, x0 + w))
+    crop_images = resize_bilinear(np.concatenate([composite[box], real[box]], -1), size, size)
+    if flip:
+        crop_images, crop_mask = crop_images[:, ::-1], crop_mask[:, ::-1]
+    return _output(crop_images, crop_mask, record, cfg)
+
+
+def eval_transform(record: dict, cfg: AugmentConfig) -> dict:
+    """Resize to crop x crop (bilinear; mask thresholded at 0.5), no randomness."""
+    composite, real, mask_u8 = _arrays(record)
+    size = cfg.crop_size
+    crop_images = resize_bilinear(np.concatenate([composite, real], -1), size, size)
+    crop_mask = resize_bilinear(mask_u8.astype(np.float32) / 255.0, size, size) > 0.5
+    return _output(crop_images, crop_mask, record, cfg)
+
+
+def padding_example(cfg: AugmentConfig) -> dict:
+    size = cfg.crop_size
+    return {
+        "image": np.zeros((size, size, 3), np.float32),
+        "mask": np.zeros((size, size, 1), np.float32),
+        "real": np.zeros((size, size, 3), np.float32),
+        "subset": "",
+        "name": "",
+    }

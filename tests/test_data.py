@@ -1,0 +1,376 @@
+"""Tests of jirl.data: synthetic generator, TFDS builder, input pipeline (tiny settings)."""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+
+import chex
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from jirl import data
+from jirl.data import pipeline, synthetic, transforms
+from jirl.data.tfds_synthetic import SyntheticComposites, synthetic_builder
+
+SIZE = 48  # generated image size
+CROP = 40  # model input size (differs from SIZE so resizing is exercised)
+NUM_TRAIN = 12
+NUM_TEST = 5
+MEAN = np.array(pipeline.IMAGENET_MEAN, np.float32)
+STD = np.array(pipeline.IMAGENET_STD, np.float32)
+
+
+@pytest.fixture(scope="module")
+def data_cfg(tmp_path_factory):
+    cfg = data.default_data_config()
+    cfg.data_dir = str(tmp_path_factory.mktemp("tfds"))
+    cfg.image_size = SIZE
+    cfg.num_train = NUM_TRAIN
+    cfg.num_test = NUM_TEST
+    cfg.crop_size = CROP
+    data.load_source(cfg, "train")  # Prepares the dataset once for the module.
+    return cfg
+
+
+def take(iterator, n):
+    return list(itertools.islice(iterator, n))
+
+
+def assert_batches_equal(a: list[dict], b: list[dict]):
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+
+
+# ------------------------------------------------------------------------------------------------
+# Generator.
+
+
+def test_generator_is_deterministic():
+    a = synthetic.generate_example("train", 3, image_size=SIZE, seed=0)
+    b = synthetic.generate_example("train", 3, image_size=SIZE, seed=0)
+    c = synthetic.generate_example("train", 3, image_size=SIZE, seed=1)
+    for key in ("composite", "mask", "real"):
+        np.testing.assert_array_equal(a[key], b[key])
+    assert a["name"] == b["name"] and a["box"] == b["box"]
+    assert any(not np.array_equal(a[k], c[k]) for k in ("composite", "mask", "real"))
+
+
+@pytest.mark.parametrize("split", synthetic.SPLITS)
+def test_generated_examples_are_valid_composites(split):
+    for index in range(8):
+        ex = synthetic.generate_example(split, index, image_size=SIZE, seed=0)
+        chex.assert_shape(ex["composite"], (SIZE, SIZE, 3))
+        chex.assert_shape(ex["real"], (SIZE, SIZE, 3))
+        chex.assert_shape(ex["mask"], (SIZE, SIZE, 1))
+        assert ex["composite"].dtype == ex["real"].dtype == ex["mask"].dtype == np.uint8
+        assert set(np.unique(ex["mask"])) <= {0, 255}
+        fg = ex["mask"][..., 0] > 0
+        assert ex["mask_fraction"] == pytest.approx(fg.mean())
+        assert synthetic.MIN_FG_FRACTION <= ex["mask_fraction"] <= synthetic.MAX_FG_FRACTION
+        # Untouched outside the mask, visibly changed inside.
+        np.testing.assert_array_equal(ex["composite"][~fg], ex["real"][~fg])
+        diff = np.abs(ex["composite"].astype(int) - ex["real"].astype(int))[fg]
+        assert diff.mean() > 2.0, (ex["name"], ex["changes"])
+        assert 1 <= len(ex["changes"]) <= 2
+        assert ex["subset"] == "synthetic" and ex["name"].endswith("_1_1.png")
+
+
+def test_masks_are_single_objects_in_coverage_range():
+    rng = np.random.default_rng(0)
+    kinds = set()
+    for _ in range(60):
+        mask, kind = synthetic.sample_mask(rng, SIZE)
+        kinds.add(kind)
+        assert synthetic.MIN_FG_FRACTION <= mask.mean() <= synthetic.MAX_FG_FRACTION
+        assert ndimage.label(mask)[1] == 1, kind
+    assert kinds == set(synthetic.MASK_SHAPES)
+
+
+def test_photos_load_offline():
+    for name in synthetic.PHOTOS:
+        photo = synthetic.load_photo(name)
+        assert photo.dtype == np.uint8 and photo.ndim == 3 and photo.shape[2] == 3
+        assert min(photo.shape[:2]) >= 256
+
+
+def test_train_and_test_regions_are_disjoint():
+    rng = np.random.default_rng(0)
+    for name in synthetic.PHOTOS:
+        h, w = synthetic.photo_shape(name)
+        region = synthetic.test_region(name)
+        assert region.inside(synthetic.Box(0, 0, max(h, w))) and region.y0 + region.size <= h
+        for _ in range(50):
+            train = synthetic.sample_box(rng, name, "train")
+            test = synthetic.sample_box(rng, name, "test")
+            assert not train.intersects(region)
+            assert test.inside(region)
+            assert train.y0 >= 0 and train.x0 >= 0
+            assert train.y0 + train.size <= h and train.x0 + train.size <= w
+    # The examples record where they were cut from.
+    for split in synthetic.SPLITS:
+        for index in range(6):
+            ex = synthetic.generate_example(split, index, image_size=SIZE, seed=0)
+            region = synthetic.test_region(ex["photo"])
+            assert ex["box"].inside(region) if split == "test" else not ex["box"].intersects(region)
+
+
+def test_box_geometry():
+    a = synthetic.Box(0, 0, 10)
+    assert a.intersects(synthetic.Box(9, 9, 5))
+    assert not a.intersects(synthetic.Box(10, 0, 5))
+    assert synthetic.Box(2, 3, 4).inside(a) and not synthetic.Box(8, 8, 4).inside(a)
+
+
+# ------------------------------------------------------------------------------------------------
+# TFDS builder.
+
+
+def test_builder_features_and_splits(data_cfg):
+    builder = synthetic_builder(
+        data_cfg.data_dir, image_size=SIZE, num_train=NUM_TRAIN, num_test=NUM_TEST, seed=0
+    )
+    assert isinstance(builder, SyntheticComposites) and builder.name == "jirl_synthetic"
+    assert builder.builder_config.name == f"s{SIZE}_train{NUM_TRAIN}_test{NUM_TEST}_seed0"
+    assert set(builder.info.features.keys()) == set(data.composite_features().keys())
+    assert builder.info.splits["train"].num_examples == NUM_TRAIN
+    assert builder.info.splits["test"].num_examples == NUM_TEST
+    source = builder.as_data_source(split="test")
+    assert len(source) == NUM_TEST
+    for index in (0, NUM_TEST - 1):
+        record = source[index]
+        chex.assert_shape(record["composite"], (SIZE, SIZE, 3))
+        chex.assert_shape(record["real"], (SIZE, SIZE, 3))
+        chex.assert_shape(record["mask"], (SIZE, SIZE, 1))
+        assert record["composite"].dtype == record["mask"].dtype == np.uint8
+        # Lossless and in generation order.
+        ex = synthetic.generate_example("test", index, image_size=SIZE, seed=0)
+        for key in ("composite", "mask", "real"):
+            np.testing.assert_array_equal(record[key], ex[key])
+        assert record["name"].decode() == ex["name"]
+        assert record["subset"].decode() == "synthetic"
+        assert record["mask_fraction"] == pytest.approx(ex["mask_fraction"], abs=1e-6)
+
+
+def test_builder_reuses_cache_and_separates_configs(data_cfg, monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("regenerated although the data was cached")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(synthetic, "generate_example", fail)
+        builder = synthetic_builder(
+            data_cfg.data_dir, image_size=SIZE, num_train=NUM_TRAIN, num_test=NUM_TEST, seed=0
+        )
+        assert len(builder.as_data_source(split="train")) == NUM_TRAIN
+    other = synthetic_builder(data_cfg.data_dir, image_size=16, num_train=2, num_test=1, seed=3)
+    assert other.data_dir != builder.data_dir
+    assert len(other.as_data_source(split="train")) == 2
+
+
+def test_builder_config_validation_and_pickling(tmp_path):
+    with pytest.raises(ValueError, match="num_train"):
+        synthetic_builder(str(tmp_path), num_train=0, prepare=False)
+    # Grain workers unpickle the data source, which re-creates the builder (default config too).
+    for kwargs in ({}, dict(image_size=16, num_train=2, num_test=1)):
+        builder = synthetic_builder(str(tmp_path), prepare=False, **kwargs)
+        clone = pickle.loads(pickle.dumps(builder))
+        assert clone.builder_config.name == builder.builder_config.name
+
+
+# ------------------------------------------------------------------------------------------------
+# Pipeline.
+
+
+def test_load_source_rejects_unknown_source(data_cfg):
+    cfg = data_cfg.copy_and_resolve_references()
+    cfg.source = "nope"
+    with pytest.raises(ValueError, match="synthetic, ihd, folder"):
+        data.load_source(cfg, "train")
+    cfg.source = "ihd"
+    with pytest.raises(NotImplementedError, match="ihd"):
+        data.load_source(cfg, "train")
+    with pytest.raises(ValueError, match="split"):
+        data.load_source(data_cfg, "validation")
+
+
+def test_default_data_dir(monkeypatch):
+    cfg = data.default_data_config()
+    monkeypatch.delenv("JIRL_DATA_DIR", raising=False)
+    assert pipeline.resolve_data_dir(cfg).endswith(".cache/jirl/tensorflow_datasets")
+    monkeypatch.setenv("JIRL_DATA_DIR", "/somewhere")
+    assert pipeline.resolve_data_dir(cfg) == "/somewhere"
+    cfg.data_dir = "/explicit"
+    assert pipeline.resolve_data_dir(cfg) == "/explicit"
+
+
+def test_steps_per_epoch(data_cfg):
+    assert data.steps_per_epoch(data_cfg, 4) == NUM_TRAIN // 4
+    assert data.steps_per_epoch(data_cfg, 4, process_count=2) == NUM_TRAIN // 8
+    with pytest.raises(ValueError, match="global batch"):
+        data.steps_per_epoch(data_cfg, NUM_TRAIN + 1)
+
+
+def check_batch(batch: dict, batch_size: int):
+    chex.assert_shape(batch["image"], (batch_size, CROP, CROP, 3))
+    chex.assert_shape(batch["real"], (batch_size, CROP, CROP, 3))
+    chex.assert_shape(batch["mask"], (batch_size, CROP, CROP, 1))
+    chex.assert_type([batch["image"], batch["real"], batch["mask"]], np.float32)
+    chex.assert_tree_all_finite([batch["image"], batch["real"], batch["mask"]])
+    for key in ("image", "real", "mask"):  # contiguous: Grain workers pass it via shared memory
+        assert batch[key].flags.c_contiguous, key
+    assert set(np.unique(batch["mask"])) <= {0.0, 1.0}
+    low, high = (0 - MEAN) / STD - 1e-5, (1 - MEAN) / STD + 1e-5
+    for key in ("image", "real"):
+        assert np.all(batch[key] >= low) and np.all(batch[key] <= high), key
+    for key in ("subset", "name"):
+        assert batch[key].shape == (batch_size,) and batch[key].dtype.kind == "U"
+
+
+def test_train_batches_shapes_and_values(data_cfg):
+    batches = take(data.train_batches(data_cfg, batch_size=4, seed=0), 4)
+    for batch in batches:
+        check_batch(batch, 4)
+        assert set(batch) == {"image", "mask", "real", "subset", "name"}
+        assert np.all(batch["subset"] == "synthetic")
+        # Foreground survives the augmentation (re-draw rule) and image != real inside it.
+        assert np.all(batch["mask"].sum(axis=(1, 2, 3)) > 0)
+        assert np.any(batch["image"] != batch["real"])
+
+
+def test_train_batches_are_deterministic_and_epochs_differ(data_cfg):
+    steps = data.steps_per_epoch(data_cfg, 4)
+    a = take(data.train_batches(data_cfg, batch_size=4, seed=0), 2 * steps)
+    b = take(data.train_batches(data_cfg, batch_size=4, seed=0), 2 * steps)
+    assert_batches_equal(a, b)
+    c = take(data.train_batches(data_cfg, batch_size=4, seed=1), 2 * steps)
+    assert any(not np.array_equal(x["name"], y["name"]) for x, y in zip(a, c, strict=True))
+    epochs = [np.concatenate([x["name"] for x in a[e * steps : (e + 1) * steps]]) for e in (0, 1)]
+    for names in epochs:  # each epoch is a permutation of the whole (divisible) training set
+        assert sorted(names) == sorted(set(names)) and len(names) == NUM_TRAIN
+    assert not np.array_equal(epochs[0], epochs[1])
+
+
+def test_train_batches_resume_from_start_step(data_cfg):
+    stream = take(data.train_batches(data_cfg, batch_size=4, seed=5), 8)
+    resumed = take(data.train_batches(data_cfg, batch_size=4, seed=5, start_step=5), 3)
+    assert_batches_equal(resumed, stream[5:])
+
+
+def test_process_shards_are_disjoint_and_cover_the_global_batch(data_cfg):
+    whole = take(data.train_batches(data_cfg, batch_size=4, seed=2), 4)
+    shards = [
+        take(data.train_batches(data_cfg, batch_size=2, seed=2, process_index=p, process_count=2), 4)
+        for p in range(2)
+    ]
+    for step, batch in enumerate(whole):
+        names = [shard[step]["name"] for shard in shards]
+        assert not set(names[0]) & set(names[1])
+        joined = {k: np.concatenate([shard[step][k] for shard in shards]) for k in batch}
+        assert_batches_equal([joined], [batch])
+
+
+def test_eval_batches_pad_the_last_batch(data_cfg):
+    batches = list(data.eval_batches(data_cfg, "test", batch_size=2))
+    assert len(batches) == 3 == data.num_eval_batches(data_cfg, "test", batch_size=2)
+    for batch in batches:
+        check_batch(batch, 2)
+        assert batch["valid"].dtype == bool
+    np.testing.assert_array_equal(np.concatenate([b["valid"] for b in batches]), [True] * NUM_TEST + [False])
+    last = batches[-1]
+    assert last["name"][1] == "" and not np.any(last["image"][1]) and not np.any(last["mask"][1])
+    names = np.concatenate([b["name"] for b in batches])[:NUM_TEST]
+    assert [int(n.split("-test")[1][:6]) for n in names] == list(range(NUM_TEST))
+    assert_batches_equal(batches, list(data.eval_batches(data_cfg, "test", batch_size=2)))
+
+
+def test_eval_batches_shard_over_processes(data_cfg):
+    single = list(data.eval_batches(data_cfg, "test", batch_size=4))
+    shards = [
+        list(data.eval_batches(data_cfg, "test", batch_size=2, process_index=p, process_count=2))
+        for p in range(2)
+    ]
+    assert len(shards[0]) == len(shards[1]) == len(single) == 2
+    for step, batch in enumerate(single):
+        joined = {k: np.concatenate([shard[step][k] for shard in shards]) for k in batch}
+        assert_batches_equal([joined], [batch])
+
+
+def test_eval_resize_matches_direct_transform(data_cfg):
+    record = data.load_source(data_cfg, "test")[0]
+    batch = next(data.eval_batches(data_cfg, "test", batch_size=1))
+    mask = transforms.resize_bilinear(record["mask"] / 255.0, CROP, CROP) > 0.5
+    np.testing.assert_array_equal(batch["mask"][0], mask.astype(np.float32))
+    image = np.rint(transforms.resize_bilinear(record["composite"], CROP, CROP))
+    np.testing.assert_allclose(batch["image"][0], (image / 255 - MEAN) / STD, atol=1e-5)
+
+
+def test_multiprocess_workers_match_in_process(data_cfg):
+    cfg = data_cfg.copy_and_resolve_references()
+    cfg.num_workers = 2
+    with_workers = take(data.train_batches(cfg, batch_size=2, seed=0, start_step=3), 3)
+    in_process = take(data.train_batches(data_cfg, batch_size=2, seed=0, start_step=3), 3)
+    assert_batches_equal(with_workers, in_process)
+
+
+# ------------------------------------------------------------------------------------------------
+# Transforms.
+
+
+def test_resize_bilinear_matches_opencv_semantics():
+    x = np.array([[0.0, 1.0]], np.float32)[..., None]  # 1 x 2
+    up = transforms.resize_bilinear(x, 1, 4)[0, :, 0]
+    np.testing.assert_allclose(up, [0.0, 0.25, 0.75, 1.0])  # cv2.resize(INTER_LINEAR) values
+    down = transforms.resize_bilinear(np.arange(4, dtype=np.float32)[None, :, None], 1, 2)
+    np.testing.assert_allclose(down[0, :, 0], [0.5, 2.5])
+    image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(transforms.resize_bilinear(image, 5, 7), image)
+
+
+def test_random_resized_crop_box_ranges():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        y0, x0, h, w = transforms.random_resized_crop_box(rng, 48, 64, (0.9, 1.0), (3 / 4, 4 / 3))
+        assert 0 <= y0 and y0 + h <= 48 and 0 <= x0 and x0 + w <= 64
+        assert 0.85 * 48 * 64 <= h * w <= 48 * 64 + 64
+        assert 3 / 4 - 0.05 <= w / h <= 4 / 3 + 0.05
+
+
+def _corner_record(size: int = 48, blob: int = 4) -> dict:
+    rng = np.random.default_rng(0)
+    mask = np.zeros((size, size, 1), np.uint8)
+    mask[:blob, :blob] = 255
+    image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    return {"composite": image, "real": image, "mask": mask, "subset": b"s", "name": b"n"}
+
+
+def test_augmentation_keeps_mask_binary_and_applies_redraw_rule():
+    record = _corner_record()
+    counts = {}
+    for label, kwargs in {
+        "redraw": dict(keep_any_prob=0.0),
+        "no_redraw": dict(keep_any_prob=0.0, max_redraws=0),
+        "keep_any": dict(keep_any_prob=1.0),
+    }.items():
+        cfg = transforms.AugmentConfig(crop_size=48, **kwargs)
+        out = [transforms.train_transform(record, np.random.default_rng(seed), cfg) for seed in range(100)]
+        for ex in out:
+            assert set(np.unique(ex["mask"])) <= {0.0, 1.0}
+            chex.assert_shape([ex["image"], ex["real"]], (48, 48, 3))
+        counts[label] = np.array([int(ex["mask"].sum()) for ex in out])
+    # The corner object is often cropped away (<= 10 pixels left) without re-draws ...
+    assert np.mean(counts["no_redraw"] <= 10) > 0.2
+    # ... never with them; and a 'keep any' coin that always fires disables them.
+    assert np.all(counts["redraw"] > 10)
+    np.testing.assert_array_equal(counts["keep_any"], counts["no_redraw"])
+
+
+def test_redraws_are_capped_for_empty_masks():
+    record = _corner_record()
+    record["mask"] = np.zeros_like(record["mask"])
+    cfg = transforms.AugmentConfig(crop_size=32, keep_any_prob=0.0, max_redraws=5)
+    ex = transforms.train_transform(record, np.random.default_rng(0), cfg)
+    assert not np.any(ex["mask"])
