@@ -1,0 +1,175 @@
+"""Orbax checkpoints: the layout every jirl model shares.
+
+<workdir>/checkpoints/<step>/   the latest checkpoints (auto-resume reads the newest)
+<workdir>/best/<step>/          the best one by validation IoU
+Each step directory holds three items:
+  model  {"params", "batch_stats"}    everything inference needs (also what the importer writes)
+  train  {"step", "opt_state"}        what exact resume needs in addition
+  meta   JSON: step, model name, config, best metric, data-iterator position
+Orbax writes into a temporary directory and renames it when complete, so an interrupted save
+never shadows the previous good checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+LATEST_DIR = "checkpoints"
+BEST_DIR = "best"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable or does not fit the configured model."""
+
+
+def _manager(directory: str, max_to_keep: int, read_only: bool = False) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=not read_only, read_only=read_only)
+    return ocp.CheckpointManager(
+        os.path.abspath(directory), options=options,
+        item_names=("model", "train", "meta"),
+    )
+
+
+def _abstract(tree: Any) -> Any:
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def save(manager: ocp.CheckpointManager, step: int, model: dict, train: dict | None,
+         meta: dict) -> None:
+    """Saves the items of one checkpoint (asynchronously; `wait` before exiting)."""
+    items = {"model": ocp.args.StandardSave(model), "meta": ocp.args.JsonSave(meta)}
+    if train is not None:
+        items["train"] = ocp.args.StandardSave(train)
+    manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+
+def write_model_checkpoint(directory: str, model: dict, meta: dict, step: int = 0) -> str:
+    """Writes a standalone inference checkpoint (items `model` and `meta`) and returns its path."""
+    manager = _manager(directory, max_to_keep=1)
+    save(manager, step, model, None, meta)
+    manager.wait_until_finished()
+    manager.close()
+    return os.path.join(os.path.abspath(directory), str(step))
+
+
+class Checkpointer:
+    """Latest + best checkpoints of one training run in `workdir`."""
+
+    def __init__(self, workdir: str, max_to_keep: int = 2):
+        self.latest = _manager(os.path.join(workdir, LATEST_DIR), max_to_keep)
+        self.best = _manager(os.path.join(workdir, BEST_DIR), 1)
+
+    def save_latest(self, step: int, model: dict, train: dict, meta: dict) -> None:
+        save(self.latest, step, model, train, meta)
+
+    def save_best(self, step: int, model: dict, meta: dict) -> None:
+        save(self.best, step, model, None, meta)
+
+    def latest_step(self) -> int | None:
+        return self.latest.latest_step()
+
+    def restore_latest(self, model_target: dict, train_target: dict) -> tuple[dict, dict, dict] | None:
+        """(model, train, meta) of the newest readable checkpoint, or None when there is none.
+
+        A checkpoint that fails to restore is skipped, with a warning, in favour of an older one.
+        """
+        for step in sorted(self.latest.all_steps(), reverse=True):
+            try:
+                restored = self.latest.restore(step, args=ocp.args.Composite(
+                    model=ocp.args.StandardRestore(_abstract(model_target)),
+                    train=ocp.args.StandardRestore(_abstract(train_target)),
+                    meta=ocp.args.JsonRestore(),
+                ))
+            except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped
+                log.warning("skipping unreadable checkpoint %s/%d: %s", LATEST_DIR, step, e)
+                continue
+            return restored["model"], restored["train"], restored["meta"]
+        return None
+
+    def wait(self) -> None:
+        self.latest.wait_until_finished()
+        self.best.wait_until_finished()
+
+    def close(self) -> None:
+        self.wait()
+        self.latest.close()
+        self.best.close()
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A step directory from a step directory, a manager directory (newest step) or a workdir.
+
+    For a workdir, the best checkpoint is preferred over the latest one.
+    """
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if os.path.isdir(os.path.join(path, "model")):
+        return path
+    for sub in ("", BEST_DIR, LATEST_DIR):
+        d = os.path.join(path, sub)
+        steps = [int(n) for n in os.listdir(d) if n.isdigit()] if os.path.isdir(d) else []
+        steps = [s for s in steps if os.path.isdir(os.path.join(d, str(s), "model"))]
+        if steps:
+            return os.path.join(d, str(max(steps)))
+    raise CheckpointError(
+        f"no checkpoint found in {path}: expected a step directory with a 'model' item, a "
+        f"checkpoint directory, or a workdir with '{BEST_DIR}/' or '{LATEST_DIR}/'")
+
+
+def read_meta(step_dir: str) -> dict:
+    """The `meta` item of a step directory ({} when absent)."""
+    for name in ("metadata", "meta"):
+        f = os.path.join(step_dir, "meta", name)
+        if os.path.isfile(f):
+            with open(f, encoding="utf-8") as fh:
+                return json.load(fh)
+    return {}
+
+
+def restore_model(path: str, target: dict) -> dict:
+    """Restores {"params", "batch_stats"} from `path` shaped like `target`.
+
+    Raises CheckpointError listing missing / unexpected / mis-shaped entries when the checkpoint
+    does not fit the configured model.
+    """
+    step_dir = resolve_checkpoint(path)
+    ckptr = ocp.StandardCheckpointer()
+    try:
+        stored = ckptr.metadata(os.path.join(step_dir, "model"))
+        stored_tree = getattr(stored, "item_metadata", stored)
+        stored_tree = getattr(stored_tree, "tree", stored_tree)
+        check_tree_matches(stored_tree, target, step_dir)
+        return ckptr.restore(os.path.join(step_dir, "model"), _abstract(target))
+    finally:
+        ckptr.close()
+
+
+def _flat(tree: Any) -> dict[str, tuple]:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(k): tuple(getattr(v, "shape", ())) for k, v in flat}
+
+
+def check_tree_matches(stored: Any, target: Any, where: str) -> None:
+    """Raises CheckpointError naming every missing, unexpected and mis-shaped leaf."""
+    have, want = _flat(stored), _flat(target)
+    missing = sorted(set(want) - set(have))
+    unexpected = sorted(set(have) - set(want))
+    shapes = sorted(k for k in set(have) & set(want) if have[k] != want[k])
+    if missing or unexpected or shapes:
+        lines = [f"checkpoint {where} does not fit the configured model:"]
+        lines += [f"  missing: {k}" for k in missing[:20]]
+        lines += [f"  unexpected: {k}" for k in unexpected[:20]]
+        lines += [f"  shape mismatch: {k}: checkpoint {have[k]} vs model {want[k]}"
+                  for k in shapes[:20]]
+        lines.append("check --config.model.* against the model the checkpoint was trained with")
+        raise CheckpointError("\n".join(lines))

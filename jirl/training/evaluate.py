@@ -1,0 +1,103 @@
+"""Evaluation over a whole split: AP / F1 / IoU per mask, overall and per sub-dataset."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+from PIL import Image
+from tqdm import tqdm
+
+from jirl import data as jdata
+from jirl import metrics
+from jirl.training import mesh as jmesh
+
+
+def _gather(x: np.ndarray) -> np.ndarray:
+    """Concatenates a per-process array over all processes (identity with one process)."""
+    if jax.process_count() == 1:
+        return x
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _gather_strings(names: np.ndarray, width: int = 256) -> np.ndarray:
+    if jax.process_count() == 1:
+        return names
+    codes = np.zeros((len(names), width), np.uint8)
+    for i, n in enumerate(names):
+        b = str(n).encode()[:width]
+        codes[i, :len(b)] = np.frombuffer(b, np.uint8)
+    codes = _gather(codes)
+    return np.array([bytes(c).rstrip(b"\0").decode() for c in codes])
+
+
+def _save_png(path: str, mask: np.ndarray) -> None:
+    """Writes a [H, W, 1] probability mask as an 8-bit PNG, atomically."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    Image.fromarray(np.round(np.clip(mask[..., 0], 0, 1) * 255).astype(np.uint8)).save(
+        tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def evaluate(
+    config: ml_collections.ConfigDict,
+    eval_step: Callable,
+    variables: dict,
+    mesh: jax.sharding.Mesh,
+    *,
+    split: str | None = None,
+    mask_dir: str | None = None,
+    progress: bool = True,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Scores every mask the model outputs on `split`.
+
+    Returns {mask name: {"all": {"ap", "f1", "iou", "count"}, <sub-dataset>: {...}}}; with
+    `mask_dir`, writes each predicted mask as `<mask_dir>/<mask name>/<example name>.png`.
+    """
+    split = split or config.eval.split
+    global_batch = config.eval.batch_size
+    jmesh.check_batch_size(global_batch, mesh)
+    local_batch = global_batch // jax.process_count()
+    batches = jdata.eval_batches(
+        config.data, split, batch_size=local_batch,
+        process_index=jax.process_index(), process_count=jax.process_count())
+    accumulators: dict[str, metrics.StreamingMetrics] = {}
+    seen = 0
+    limit = config.eval.max_examples
+    bar = tqdm(batches, desc=f"eval {split}", unit="batch", leave=False,
+               disable=not progress or jax.process_index() != 0)
+    for batch in bar:
+        per_image, masks = eval_step(variables, jmesh.put_batch(batch, mesh))
+        valid = _gather(np.asarray(batch["valid"], bool))
+        subsets = _gather_strings(np.asarray(batch["subset"]))
+        names = np.asarray(batch["name"])
+        for mask_name, values in per_image.items():
+            host = {k: _gather(np.asarray(jax.device_get(v))) for k, v in values.items()}
+            acc = accumulators.setdefault(mask_name, metrics.StreamingMetrics())
+            acc.update(host, subsets, valid)
+            if mask_dir and jax.process_index() == 0 and jax.process_count() == 1:
+                arr = np.asarray(jax.device_get(masks[mask_name]))
+                for i in np.flatnonzero(valid):
+                    stem = os.path.splitext(os.path.basename(str(names[i])))[0]
+                    _save_png(os.path.join(mask_dir, mask_name, stem + ".png"), arr[i])
+        seen += int(valid.sum())
+        if 0 < limit <= seen:
+            break
+    return {name: acc.result() for name, acc in accumulators.items()}
+
+
+def format_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
+    """A fixed-width table: one row per (mask, sub-dataset)."""
+    lines = [f"{'mask':<10} {'subset':<16} {'n':>6} {'AP':>8} {'F1':>8} {'IoU':>8}"]
+    for mask_name, groups in results.items():
+        order = ["all"] + sorted(k for k in groups if k != "all")
+        for g in order:
+            r = groups[g]
+            lines.append(f"{mask_name:<10} {g:<16} {int(r['count']):>6} {r['ap']:>8.4f} "
+                         f"{r['f1']:>8.4f} {r['iou']:>8.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,200 @@
+"""`train_and_evaluate(config, workdir)`: the training loop every supervised jirl model uses."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from tqdm import tqdm
+
+from jirl import data as jdata
+from jirl.models import ModelSpec, get_spec
+from jirl.training import checkpoints as ckpt
+from jirl.training import mesh as jmesh
+from jirl.training.evaluate import evaluate, format_table
+from jirl.training.optim import lr_schedule, make_optimizer
+from jirl.training.state import TrainState, create_train_state, init_variables
+from jirl.training.steps import make_eval_step, make_train_step
+from jirl.training.writers import MetricWriter
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a training step produced a NaN or infinite loss or gradient."""
+
+
+def compute_dtype(config: ml_collections.ConfigDict):
+    """The compute dtype named by `config.dtype`, with a clear error for an unknown name."""
+    if config.dtype not in DTYPES:
+        raise ValueError(f"config.dtype={config.dtype!r}; use one of {sorted(DTYPES)}")
+    return DTYPES[config.dtype]
+
+
+def build_model(config: ml_collections.ConfigDict) -> tuple[ModelSpec, object]:
+    """The registered ModelSpec of `config.model.name` and the model built from `config.model`."""
+    spec = get_spec(config.model.name)
+    return spec, spec.build(config.model, dtype=compute_dtype(config))
+
+
+def init_model_variables(config: ml_collections.ConfigDict, model, seed: int | None = None) -> dict:
+    """Randomly initialized {"params", "batch_stats"} at the configured input size."""
+    size = config.data.crop_size
+    rng = jax.random.PRNGKey(config.seed if seed is None else seed)
+    return jax.jit(lambda r: init_variables(model, r, (1, size, size, 3)))(rng)
+
+
+class Schedule:
+    """Step counts derived from the config: total steps and the logging/eval/checkpoint periods."""
+
+    def __init__(self, config: ml_collections.ConfigDict, steps_per_epoch: int):
+        self.steps_per_epoch = steps_per_epoch
+        self.total = (config.num_train_steps if config.num_train_steps > 0
+                      else config.num_epochs * steps_per_epoch)
+        self.checkpoint_every = (config.checkpoint_every_steps
+                                 if config.checkpoint_every_steps > 0 else steps_per_epoch)
+        self.eval_every = (config.eval_every_steps if config.eval_every_steps > 0
+                           else 5 * steps_per_epoch)
+        self.log_every = max(1, config.log_every_steps)
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks after each step (checkpoint, then exit)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        with contextlib.suppress(ValueError):  # not in the main thread: no handler
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _model_items(state: TrainState) -> dict:
+    return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def _train_items(state: TrainState) -> dict:
+    return {"step": state.step, "opt_state": state.opt_state}
+
+
+def _meta(config, step: int, best_iou: float, extra: dict | None = None) -> dict:
+    return dict({"step": int(step), "model": config.model.name, "best_iou": best_iou,
+                 "config": json.loads(config.to_json_best_effort())}, **(extra or {}))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains `config.model` on `config.data`, checkpointing into and resuming from `workdir`.
+
+    Returns the last validation results ({} if validation never ran).
+    """
+    os.makedirs(workdir, exist_ok=True)
+    mesh = jmesh.make_mesh()
+    jmesh.check_batch_size(config.batch_size, mesh)
+    spec, model = build_model(config)
+    steps_per_epoch = jdata.steps_per_epoch(config.data, config.batch_size)
+    sched = Schedule(config, steps_per_epoch)
+    tx = make_optimizer(config.optimizer, steps_per_epoch)
+    lr_fn = lr_schedule(config.optimizer, steps_per_epoch)
+
+    variables = init_model_variables(config, model)
+    state = create_train_state(model, tx, variables)
+    checkpointer = ckpt.Checkpointer(workdir)
+    best_iou = -1.0
+    restored = checkpointer.restore_latest(_model_items(state), _train_items(state))
+    if restored is not None:
+        model_items, train_items, meta = restored
+        state = state.replace(step=train_items["step"], opt_state=train_items["opt_state"],
+                              **model_items)
+        best_iou = float(meta.get("best_iou", -1.0))
+        tqdm.write(f"resumed from {workdir} at step {int(state.step)}")
+    elif config.init_from:
+        state = state.replace(**ckpt.restore_model(config.init_from, _model_items(state)))
+        tqdm.write(f"initialized params and BN statistics from {config.init_from}")
+
+    repl = jmesh.replicated(mesh)
+    state = jax.device_put(state, repl)
+    train_step = jax.jit(make_train_step(spec, config), donate_argnums=0,
+                         out_shardings=(repl, repl))
+    eval_step = jax.jit(make_eval_step(spec, config, model.apply))
+
+    writer = MetricWriter(workdir)
+    start = int(state.step)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    batches = jdata.train_batches(
+        config.data, batch_size=config.batch_size // jax.process_count(), seed=config.seed,
+        start_step=start, process_index=jax.process_index(),
+        process_count=jax.process_count())
+    results: dict = {}
+    bar = tqdm(total=sched.total, initial=start, unit="step", dynamic_ncols=True,
+               disable=jax.process_index() != 0, desc=config.model.name)
+    window_start, window_steps = time.perf_counter(), 0
+    step = start
+    try:
+        with _Preemption() as preemption:
+            while step < sched.total:
+                batch = jmesh.put_batch(next(batches), mesh, keys=("image", "mask", "real"))
+                state, logs = train_step(state, batch)
+                step += 1
+                window_steps += 1
+                logs = jax.device_get(logs)
+                if not bool(logs.pop("finite")):
+                    raise NonFiniteLossError(
+                        f"non-finite loss or gradient at step {step} (loss={logs['loss']}); the "
+                        f"update was not applied and the last good checkpoint in {workdir} is "
+                        f"kept. Lower the learning rate or check the input data.")
+                bar.update(1)
+                bar.set_postfix(loss=f"{logs['loss']:.4f}", epoch=step // steps_per_epoch)
+                if step % sched.log_every == 0 or step == sched.total:
+                    elapsed = time.perf_counter() - window_start
+                    logs.update(lr=float(lr_fn(step - 1)), epoch=step / steps_per_epoch,
+                                images_per_sec=window_steps * config.batch_size / elapsed)
+                    writer.write(step, logs, prefix="")
+                    window_start, window_steps = time.perf_counter(), 0
+                if step % sched.eval_every == 0 or step == sched.total:
+                    results = evaluate(config, eval_step, state.variables(), mesh)
+                    scores = results["mask"]["all"] if "mask" in results else next(
+                        iter(results.values()))["all"]
+                    writer.write(step, {k: v for k, v in scores.items() if k != "count"},
+                                 prefix="val/")
+                    tqdm.write(f"step {step}: " + format_table(results).replace(
+                        "\n", "\n" + " " * (7 + len(str(step)))))
+                    if scores["iou"] > best_iou:
+                        best_iou = float(scores["iou"])
+                        checkpointer.save_best(step, _model_items(state),
+                                               _meta(config, step, best_iou, {"val": scores}))
+                if (step % sched.checkpoint_every == 0 or step == sched.total
+                        or preemption.requested):
+                    checkpointer.save_latest(step, _model_items(state), _train_items(state),
+                                             _meta(config, step, best_iou))
+                if preemption.requested:
+                    tqdm.write(f"SIGTERM: saved a checkpoint at step {step}; exiting")
+                    break
+    finally:
+        bar.close()
+        checkpointer.close()
+        writer.close()
+    return results
+
+
+def log_summary(results: dict) -> str:
+    """Final validation results as text."""
+    return format_table(results) if results else "no validation ran"
+
