@@ -1,0 +1,27 @@
+"""Train a jirl model: python train.py --config configs/dirl.py[:variant] [--workdir DIR].
+
+Resumes automatically from the newest checkpoint in the workdir. Overrides: --config.key=value,
+e.g. --config.batch_size=16 --config.num_train_steps=1000 --config.data.crop_size=256.
+"""
+
+from absl import app, flags, logging
+
+from jirl.training import cli
+from jirl.training.loop import log_summary, train_and_evaluate
+
+cli.define_flags()
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.quiet_libraries()
+    workdir = cli.workdir()
+    logging.info("workdir: %s", workdir)
+    results = train_and_evaluate(FLAGS.config, workdir)
+    print(log_summary(results))
+
+
+if __name__ == "__main__":
+    app.run(main)
