@@ -20,6 +20,9 @@ def model_config() -> ml_collections.ConfigDict:
         "stage_features": (64, 128, 256, 512, 512),
         "stage_blocks": (3, 4, 6, 3, 3),
         "ggd_ch": 32,
+        # torchvision resnet34 .pth for encoder stages 1-4 (the official pretrained=True);
+        # "" = random initialization
+        "backbone_weights": "",
     })
 
 
@@ -50,13 +53,13 @@ def quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.model.ggd_ch = 16
     c.data.image_size = 80
     c.data.crop_size = 64
-    c.data.num_train = 1200
+    c.data.num_train = 2400
     c.data.num_test = 200
     c.batch_size = 16
     c.optimizer.learning_rate = 1e-3
     c.optimizer.weight_decay = 0.0
-    c.num_epochs = 12  # 900 steps
-    c.optimizer.decay_epochs = (8, 11)
+    c.num_epochs = 6  # 900 steps of 16
+    c.optimizer.decay_epochs = (4, 5)
     c.log_every_steps = 25
     c.eval_every_steps = 300
     c.eval.batch_size = 50

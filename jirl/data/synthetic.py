@@ -331,6 +331,24 @@ def _reference_pixels(rng: np.random.Generator, photo: str, split: str) -> np.nd
     return patch.reshape(-1, 3).astype(np.float64) / 255.0
 
 
+def scene_variation(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """A mild, image-wide photometric change (exposure, gamma, white balance, hue) of the source crop.
+
+    Applied to the whole photo before compositing, so `real` and the composite's background
+    share it. With eight source photos a network could otherwise memorize each photo's true
+    colours and spot the foreground by recall; varying the scene's look leaves the foreground /
+    background inconsistency as the only cue, as in real composites.
+    """
+    x = image.astype(np.float64) / 255.0
+    x = x * float(np.exp(rng.uniform(-0.25, 0.25)))
+    x = np.power(np.clip(x, 0.0, 1.0), float(np.exp(rng.uniform(-0.2, 0.2))))
+    x = x * np.exp(rng.normal(0.0, 0.06, size=3))
+    hsv = color.rgb2hsv(np.clip(x, 0.0, 1.0))
+    hsv[..., 0] = (hsv[..., 0] + rng.uniform(-0.08, 0.08)) % 1.0
+    hsv[..., 1] = np.clip(hsv[..., 1] * float(np.exp(rng.uniform(-0.3, 0.3))), 0.0, 1.0)
+    return np.rint(np.clip(color.hsv2rgb(hsv), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
 def change_appearance(
     rng: np.random.Generator, pixels: np.ndarray, photo: str, split: str, max_tries: int = 6
 ) -> tuple[np.ndarray, list[str]]:
@@ -389,6 +407,7 @@ def generate_example(split: str, index: int, *, image_size: int = 256, seed: int
     real = crop_resize(load_photo(photo), box, image_size)
     if rng.random() < 0.5:
         real = np.ascontiguousarray(real[:, ::-1])
+    real = scene_variation(rng, real)
     mask, mask_kind = sample_mask(rng, image_size)
     composite = real.copy()
     composite[mask], changes = change_appearance(rng, real[mask], photo, split)

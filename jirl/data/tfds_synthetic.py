@@ -73,8 +73,11 @@ class SyntheticComposites(tfds.core.GeneratorBasedBuilder):
     """Synthetic iHarmony-style composites from photos shipped with scikit-image/scikit-learn."""
 
     name = "jirl_synthetic"
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release.",
+        "1.1.0": "Image-wide scene variation before compositing (no memorizable photo colours).",
+    }
     BUILDER_CONFIGS = [DEFAULT_CONFIG]
     DEFAULT_BUILDER_CONFIG_NAME = DEFAULT_CONFIG.name
 
