@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging as pylogging
 import os
 
 from absl import flags, logging
@@ -35,3 +36,5 @@ def quiet_libraries() -> None:
     """Keeps Orbax / TFDS INFO chatter off the console unless --verbosity asks for it."""
     if FLAGS["verbosity"].using_default_value:
         logging.set_verbosity(logging.WARNING)
+        for name in ("", "orbax", "jax", "tensorflow_datasets"):
+            pylogging.getLogger(name).setLevel(pylogging.WARNING)
