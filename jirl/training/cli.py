@@ -34,7 +34,7 @@ def workdir() -> str:
 
 def quiet_libraries() -> None:
     """Keeps Orbax / TFDS INFO chatter off the console unless --verbosity asks for it."""
-    if FLAGS["verbosity"].using_default_value:
+    if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
         for name in ("", "orbax", "jax", "tensorflow_datasets"):
             pylogging.getLogger(name).setLevel(pylogging.WARNING)
