@@ -42,6 +42,12 @@ _SSIM_C2 = 0.03**2
 # ----------------------------------------------------------------------------------------------
 
 
+
+def _at_least_f32(x) -> jax.Array:
+    """Losses are computed in float32 at least (bf16 activations are upcast; float64 stays)."""
+    x = jnp.asarray(x)
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
 def _clamped_log(x: jax.Array) -> jax.Array:
     """log(x) clamped at -100 without -inf/NaN in the forward pass (torch BCELoss)."""
     safe = jnp.where(x > 0, x, 1.0)
@@ -72,8 +78,8 @@ def bce(pred: jax.Array, target: jax.Array) -> jax.Array:
     Inputs outside [0, 1] are not checked (torch raises; under jit we cannot) and give NaN.
     """
     chex.assert_equal_shape((pred, target))
-    pred = jnp.asarray(pred, jnp.float32)
-    target = jnp.asarray(target, jnp.float32)
+    pred = _at_least_f32(pred)
+    target = _at_least_f32(target)
     return jnp.mean(_bce_elementwise(pred, target))
 
 
@@ -90,14 +96,16 @@ def gaussian_window_1d(window_size: int = 11, sigma: float = 1.5) -> np.ndarray:
         [math.exp(-((x - centre) ** 2) / float(2 * sigma**2)) for x in range(window_size)],
         dtype=np.float32,
     )
-    g = g / g.sum(dtype=np.float32)
+    # torch sums float32 in double precision: normalize by the correctly rounded sum, so that the
+    # window is pytorch_ssim's bit for bit (SSIM amplifies window-sum errors ~100x, via C2)
+    g = g / np.float32(g.astype(np.float64).sum())
     g.setflags(write=False)
     return g
 
 
 def _gaussian_blur(x: jax.Array, window_size: int, sigma: float) -> jax.Array:
     """Separable zero-padded Gaussian filter of [N, H, W, 1] maps (pytorch_ssim window conv)."""
-    g = jnp.asarray(gaussian_window_1d(window_size, sigma))
+    g = jnp.asarray(gaussian_window_1d(window_size, sigma), x.dtype)
     pad = window_size // 2
     dn = ("NHWC", "HWIO", "NHWC")
     conv = functools.partial(
@@ -120,8 +128,8 @@ def ssim(
     """
     chex.assert_rank(pred, 4)
     chex.assert_equal_shape((pred, target))
-    x = jnp.asarray(pred, jnp.float32)
-    y = jnp.asarray(target, jnp.float32)
+    x = _at_least_f32(pred)
+    y = _at_least_f32(target)
     b, h, w, c = x.shape
     # Filter the five statistics in one call: stack them, channels moved into the batch dim.
     stats = jnp.stack([x, y, x * x, y * y, x * y], axis=0)  # [5, B, H, W, C]
@@ -151,8 +159,8 @@ def iou_loss(pred: jax.Array, target: jax.Array, eps: float = 0.0) -> jax.Array:
     ``eps > 0`` (added to the union) to opt out of the official behaviour.
     """
     chex.assert_equal_shape((pred, target))
-    p = jnp.asarray(pred, jnp.float32)
-    t = jnp.asarray(target, jnp.float32)
+    p = _at_least_f32(pred)
+    t = _at_least_f32(target)
     axes = tuple(range(1, p.ndim))
     inter = jnp.sum(t * p, axis=axes)
     union = jnp.sum(t, axis=axes) + jnp.sum(p, axis=axes) - inter

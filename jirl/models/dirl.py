@@ -30,6 +30,7 @@ from jirl.models.layers import (
     Dtype,
     max_pool,
     resize_bilinear,
+    stat_dtype,
     upsample_bilinear2x,
     upsample_nearest2x,
 )
@@ -144,7 +145,7 @@ class ECA(nn.Module):
         bound = 1.0 / (k ** 0.5)
         kernel = self.param(
             "kernel", lambda key, s: jax.random.uniform(key, s, jnp.float32, -bound, bound), (k,))
-        y = jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # [B, C]
+        y = jnp.mean(x.astype(stat_dtype(x.dtype)), axis=(1, 2))  # [B, C]
         pad = (k - 1) // 2
         yp = jnp.pad(y, ((0, 0), (pad, pad)))
         c = y.shape[-1]
@@ -163,7 +164,7 @@ class SpatialGate(nn.Module):
                       name="conv0")(x, train)
         h = ConvBlock(1, 7, 1, 3, use_bias=False, activation="none", bn_momentum=0.01,
                       dtype=self.dtype, name="conv1")(h, train)
-        attention = jax.nn.sigmoid(h.astype(jnp.float32))
+        attention = jax.nn.sigmoid(h.astype(stat_dtype(self.dtype)))
         return x * attention.astype(x.dtype), attention
 
 
@@ -235,7 +236,7 @@ class Decoder(nn.Module):
             x[i], att = MDA(self.dtype, name=f"mda_{i}")(x[i], train)
             attention.append(resize_bilinear(att, out_hw, align_corners=False))
         logits = GGD(self.ggd_ch, self.dtype, name="ggd")(x, train)
-        return logits.astype(jnp.float32), tuple(attention)
+        return logits.astype(stat_dtype(self.dtype)), tuple(attention)
 
 
 class DIRL(nn.Module):
@@ -293,4 +294,16 @@ def eval_masks(outputs: dict) -> dict[str, Array]:
     return {"mask": outputs["mask"]}
 
 
-SPEC = ModelSpec(name="dirl", build=build, objective=objective, eval_masks=eval_masks)
+def load_pretrained(variables: dict, cfg: ml_collections.ConfigDict) -> dict:
+    """Encoder stages 1-4 from torchvision ResNet34 weights (`model.backbone_weights`), as the
+    official `resnet34(pretrained=True)`; the 3x3 stem and stage 5 keep their random init."""
+    path = cfg.get("backbone_weights", "")
+    if not path:
+        return variables
+    from jirl.convert.dirl import load_backbone  # needs torch, the optional extra
+
+    return load_backbone(path, jax.device_get(variables))
+
+
+SPEC = ModelSpec(name="dirl", build=build, objective=objective, eval_masks=eval_masks,
+                 load_pretrained=load_pretrained)

@@ -28,6 +28,11 @@ ACTIVATIONS: dict[str, Callable[[Array], Array] | None] = {
 }
 
 
+def stat_dtype(dtype: Dtype) -> Dtype:
+    """The dtype for statistics and gates: at least float32 (bf16 compute keeps f32 statistics)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def _torch_uniform(bound: float) -> Callable:
     """Uniform(-bound, bound) initializer: PyTorch's default for conv kernels and biases."""
 
@@ -73,8 +78,8 @@ class BatchNorm(nn.Module):
 
     `momentum` is PyTorch's (weight of the new batch). The running variance is updated with the
     unbiased batch variance, as PyTorch does; normalization uses the biased one. Statistics are
-    always computed in float32. Under `jax.jit` with a batch-sharded input the means are taken
-    over the global batch, which is SyncBatchNorm.
+    computed in at least float32 (`stat_dtype`). Under `jax.jit` with a batch-sharded input the
+    means are taken over the global batch, which is SyncBatchNorm.
     """
 
     momentum: float = 0.1
@@ -88,7 +93,7 @@ class BatchNorm(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (c,))
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
-        xf = x.astype(jnp.float32)
+        xf = x.astype(stat_dtype(self.dtype))
         if train:
             axes = tuple(range(x.ndim - 1))
             mean = jnp.mean(xf, axes)
@@ -162,7 +167,7 @@ def _interp_matrix(n_in: int, n_out: int, align_corners: bool) -> np.ndarray:
     w = np.zeros((n_out, n_in), np.float64)
     np.add.at(w, (np.arange(n_out), lo), 1.0 - frac)
     np.add.at(w, (np.arange(n_out), hi), frac)
-    return w.astype(np.float32)
+    return w
 
 
 def resize_bilinear(x: Array, size: Sequence[int], align_corners: bool) -> Array:
