@@ -19,12 +19,15 @@ class ModelSpec:
     build(model_cfg, dtype) -> flax module whose __call__(image, train) returns a dict of outputs.
     objective(outputs, batch, loss_cfg) -> (scalar loss, dict of named scalars to log).
     eval_masks(outputs) -> {name: [B,H,W,1] probability mask} scored by eval.py.
+    load_pretrained(variables, model_cfg) -> variables: optional pretrained initialization
+        (e.g. an ImageNet backbone) applied to a fresh model before training.
     """
 
     name: str
     build: Callable[..., Any]
     objective: Callable[..., Any]
     eval_masks: Callable[..., Any]
+    load_pretrained: Callable[..., Any] | None = None
 
 
 def available_models() -> list[str]:

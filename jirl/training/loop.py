@@ -126,6 +126,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     elif config.init_from:
         state = state.replace(**ckpt.restore_model(config.init_from, _model_items(state)))
         tqdm.write(f"initialized params and BN statistics from {config.init_from}")
+    elif spec.load_pretrained is not None:
+        state = state.replace(**spec.load_pretrained(_model_items(state), config.model))
 
     repl = jmesh.replicated(mesh)
     state = jax.device_put(state, repl)

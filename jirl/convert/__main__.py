@@ -1,0 +1,68 @@
+"""python -m jirl.convert dirl --encoder E.pth --decoder D.pth --out DIR [--config FILE]
+
+Writes an Orbax checkpoint that `eval.py --checkpoint DIR` and `train.py --config.init_from=DIR`
+accept. The model architecture comes from --config (default configs/dirl.py, the official one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+
+import jax
+
+
+def _load_config(path: str):
+    file, _, variant = path.partition(":")
+    spec = importlib.util.spec_from_file_location("jirl_convert_config", file)
+    if spec is None or not os.path.isfile(file):
+        raise SystemExit(f"config file {file} does not exist")
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(file))))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(variant or None)
+
+
+def convert_dirl(args: argparse.Namespace) -> str:
+    from jirl.convert import dirl as convert
+    from jirl.convert.torch_io import ConversionError
+    from jirl.training.checkpoints import write_model_checkpoint
+    from jirl.training.loop import build_model, init_model_variables
+
+    if os.path.exists(args.out) and os.listdir(args.out):
+        raise ConversionError(f"--out {args.out} exists and is not empty; choose a new directory")
+    config = _load_config(args.config)
+    _, model = build_model(config)
+    target = jax.device_get(init_model_variables(config, model))
+    variables = convert.load_official(args.encoder, args.decoder, target)
+    meta = {"model": "dirl", "source": {"encoder": os.path.abspath(args.encoder),
+                                       "decoder": os.path.abspath(args.decoder)},
+            "config": {"model": config.model.to_dict()}}
+    return write_model_checkpoint(args.out, variables, meta)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jirl.convert", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="model", required=True)
+    p = sub.add_parser("dirl", help="official DIRL encoder + decoder .pth files")
+    p.add_argument("--encoder", required=True, help="official encoder state_dict (.pth)")
+    p.add_argument("--decoder", required=True, help="official decoder state_dict (.pth)")
+    p.add_argument("--out", required=True, help="output checkpoint directory")
+    p.add_argument("--config", default="configs/dirl.py", help="config giving the architecture")
+    args = parser.parse_args(argv)
+    from jirl.convert.torch_io import ConversionError
+
+    try:
+        path = convert_dirl(args)
+    except ConversionError as e:
+        print(f"python -m jirl.convert: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

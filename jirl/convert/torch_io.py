@@ -1,0 +1,54 @@
+"""Reading PyTorch checkpoints safely: `torch.load(weights_only=True)`, never arbitrary pickles."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import numpy as np
+
+
+class ConversionError(ValueError):
+    """A PyTorch checkpoint that cannot be read or does not map onto the jirl model."""
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ConversionError(
+            "reading PyTorch checkpoints needs torch: pip install 'jirl[torch]' "
+            "(on a CPU-only machine, pip install torch==2.13.0 first)") from e
+    return torch
+
+
+def load_state_dict(path: str) -> dict[str, np.ndarray]:
+    """A PyTorch state_dict file as {key: float32/int numpy array}.
+
+    Loads with `weights_only=True` (a file that needs arbitrary unpickling is refused), unwraps
+    the official `{'state_dict': ..., 'epoch': ..., 'best_acc': ...}` wrapper and strips
+    `module.` prefixes left by DataParallel / DistributedDataParallel.
+    """
+    torch = _torch()
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+        raise ConversionError(f"checkpoint file {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises several types here
+        raise ConversionError(
+            f"cannot read {path} as a PyTorch state_dict with weights_only=True: {e}. "
+            "jirl never unpickles arbitrary objects; re-save the file with "
+            "torch.save(model.state_dict(), path)") from e
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise ConversionError(f"{path} holds a {type(obj).__name__}, not a state_dict")
+    out = {}
+    for key, value in obj.items():
+        if not hasattr(value, "detach"):
+            raise ConversionError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
+        while key.startswith("module."):
+            key = key[len("module."):]
+        out[key] = value.detach().cpu().numpy()
+    return out
