@@ -69,7 +69,9 @@ def evaluate(
     accumulators: dict[str, metrics.StreamingMetrics] = {}
     seen = 0
     limit = config.eval.max_examples
-    bar = tqdm(batches, desc=f"eval {split}", unit="batch", leave=False,
+    total = jdata.num_eval_batches(config.data, split, batch_size=local_batch,
+                                   process_count=jax.process_count())
+    bar = tqdm(batches, total=total, desc=f"eval {split}", unit="batch", leave=False,
                disable=not progress or jax.process_index() != 0)
     for batch in bar:
         per_image, masks = eval_step(variables, jmesh.put_batch(batch, mesh))
