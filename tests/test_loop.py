@@ -7,6 +7,7 @@ import ml_collections
 import pytest
 
 from configs import dirl as dirl_config
+from jirl.training import checkpoints as ckpt
 from jirl.training import loop
 
 
@@ -73,6 +74,18 @@ def test_rerun_resumes_from_the_latest_checkpoint(twenty_steps):
     loop.train_and_evaluate(config, workdir)
     steps = [r["step"] for r in _records(workdir) if "loss" in r]
     assert steps == list(range(1, 26)), steps  # 21..25 appended: resumed at 20, not restarted
+
+
+def test_checkpoint_records_the_data_stream_and_refuses_a_changed_one(twenty_steps):
+    config, workdir, _ = twenty_steps
+    meta = ckpt.read_meta(ckpt.resolve_checkpoint(os.path.join(workdir, "checkpoints")))
+    assert meta["data_iterator"]["seed"] == config.seed
+    assert meta["data_iterator"]["global_batch"] == config.batch_size
+    changed = config.copy_and_resolve_references()
+    changed.seed = config.seed + 1
+    changed.num_train_steps = 1000
+    with pytest.raises(ValueError, match="cannot resume exactly: .*seed: checkpoint"):
+        loop.train_and_evaluate(changed, workdir)
 
 
 def test_bad_batch_size_is_a_clear_error(tmp_path):

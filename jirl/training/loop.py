@@ -93,8 +93,29 @@ def _train_items(state: TrainState) -> dict:
     return {"step": state.step, "opt_state": state.opt_state}
 
 
+def data_iterator_state(config: ml_collections.ConfigDict, step: int) -> dict:
+    """The training stream's position: its batches are a pure function of these values."""
+    return {"seed": int(config.seed), "step": int(step), "global_batch": int(config.batch_size),
+            "process_count": jax.process_count(), "source": config.data.source}
+
+
+def check_resumable_stream(saved: dict | None, config: ml_collections.ConfigDict, step: int) -> None:
+    """Raises when a resumed run would not see the batches the interrupted run would have seen."""
+    if not saved:
+        return
+    now = data_iterator_state(config, step)
+    changed = {k: (saved.get(k), now[k]) for k in ("seed", "global_batch", "process_count", "source")
+               if saved.get(k) != now[k]}
+    if changed:
+        details = ", ".join(f"{k}: checkpoint {a} vs now {b}" for k, (a, b) in changed.items())
+        raise ValueError(
+            f"cannot resume exactly: the data stream changed ({details}); restore these "
+            f"settings, or start a new workdir with --config.init_from=<this checkpoint>")
+
+
 def _meta(config, step: int, best_iou: float, extra: dict | None = None) -> dict:
     return dict({"step": int(step), "model": config.model.name, "best_iou": best_iou,
+                 "data_iterator": data_iterator_state(config, step),
                  "config": json.loads(config.to_json_best_effort())}, **(extra or {}))
 
 
@@ -122,6 +143,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state = state.replace(step=train_items["step"], opt_state=train_items["opt_state"],
                               **model_items)
         best_iou = float(meta.get("best_iou", -1.0))
+        check_resumable_stream(meta.get("data_iterator"), config, int(train_items["step"]))
         tqdm.write(f"resumed from {workdir} at step {int(state.step)}")
     elif config.init_from:
         state = state.replace(**ckpt.restore_model(config.init_from, _model_items(state)))
