@@ -191,7 +191,7 @@ def test_load_source_rejects_unknown_source(data_cfg):
     with pytest.raises(ValueError, match="synthetic, ihd, folder"):
         data.load_source(cfg, "train")
     cfg.source = "ihd"
-    with pytest.raises(NotImplementedError, match="ihd"):
+    with pytest.raises(FileNotFoundError, match="data.ihd.manual_dir"):
         data.load_source(cfg, "train")
     with pytest.raises(ValueError, match="split"):
         data.load_source(data_cfg, "validation")

@@ -1,9 +1,12 @@
-"""jirl.data: synthetic (and later iHarmony4) composites as TFDS datasets, and the input pipeline.
+"""jirl.data: synthetic and iHarmony4 composites as TFDS datasets, own folders, the input pipeline.
 
-Importing this package registers the TFDS builder ``jirl_synthetic``.
+Importing this package registers the TFDS builders ``jirl_synthetic`` and ``ihd`` (iHarmony4,
+manual download).
 """
 
 from jirl.data.features import composite_features
+from jirl.data.folder import FolderSource, folder_source
+from jirl.data.ihd import IHarmony4, IHDConfig, ihd_builder
 from jirl.data.pipeline import (
     VALID_SOURCES,
     default_data_config,
@@ -18,11 +21,16 @@ from jirl.data.tfds_synthetic import SyntheticComposites, SyntheticConfig, synth
 
 __all__ = [
     "VALID_SOURCES",
+    "FolderSource",
+    "IHDConfig",
+    "IHarmony4",
     "SyntheticComposites",
     "SyntheticConfig",
     "composite_features",
     "default_data_config",
     "eval_batches",
+    "folder_source",
+    "ihd_builder",
     "load_source",
     "num_eval_batches",
     "resolve_data_dir",

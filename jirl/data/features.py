@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import sys
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 from PIL import Image
 
 IMAGE_FORMATS = ("png", "jpeg")
@@ -50,3 +52,20 @@ def encode_image(array: np.ndarray, image_format: str = "png") -> io.BytesIO:
         raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
     buffer.seek(0)
     return buffer
+
+
+class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Base of jirl's TFDS builders: prepared and read without TensorFlow.
+
+    Writes ArrayRecord by default (TFRecord writing needs TensorFlow) and resolves `code_path`
+    from the subclass's module file (TFDS's own lookup needs the `importlib_resources` backport
+    for editable installs).
+    """
+
+    def __init__(self, *, file_format=None, **kwargs):
+        super().__init__(file_format=file_format or "array_record", **kwargs)
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path:
+        return epath.Path(sys.modules[cls.__module__].__file__)

@@ -48,6 +48,15 @@ def default_data_config() -> ml_collections.ConfigDict:
     cfg.num_train = 2000
     cfg.num_test = 200
     cfg.synthetic_seed = 0
+    # iHarmony4 (source="ihd"): the TFDS config (le50, all, HAdobe5k, HCOCO, HFlickr, Hday2night)
+    # and the extracted download, read once to prepare the data into data_dir.
+    cfg.ihd = ml_collections.ConfigDict()
+    cfg.ihd.config = "le50"
+    cfg.ihd.manual_dir = ""
+    # Own data (source="folder"): directories of composites + masks (see jirl.data.folder).
+    cfg.folder = ml_collections.ConfigDict()
+    cfg.folder.train = ""
+    cfg.folder.test = ""
     # Model input.
     cfg.crop_size = 224
     cfg.mean = IMAGENET_MEAN
@@ -74,7 +83,7 @@ def load_source(data_cfg, split: str) -> Sequence[dict]:
     """Random-access source of the raw examples of ``split``; prepares (and caches) the data.
 
     Records are dicts: ``composite``/``real`` uint8 [H, W, 3], ``mask`` uint8 [H, W, 1] (0/255),
-    ``subset``/``name`` bytes, ``mask_fraction`` float.
+    ``subset``/``name`` bytes (str from a folder source), ``mask_fraction`` float.
     """
     source = data_cfg.get("source", "synthetic")
     if source not in VALID_SOURCES:
@@ -95,13 +104,25 @@ def load_source(data_cfg, split: str) -> Sequence[dict]:
         )
         return builder.as_data_source(split=split)
     if source == "ihd":
-        # TODO: iHarmony4 TFDS builder (manual download; features.composite_features("jpeg")).
-        raise NotImplementedError(
-            "data.source='ihd' (iHarmony4 TFDS builder) is not implemented yet; use data.source='synthetic'"
+        from jirl.data.ihd import ihd_builder
+
+        ihd_cfg = data_cfg.get("ihd") or {}
+        builder = ihd_builder(
+            resolve_data_dir(data_cfg),
+            config=ihd_cfg.get("config") or "le50",
+            manual_dir=ihd_cfg.get("manual_dir") or None,
         )
+        return builder.as_data_source(split=split)
     # source == "folder"
-    # TODO: a plain folder of composite_images/masks/real_images in iHarmony4 layout.
-    raise NotImplementedError("data.source='folder' is not implemented yet; use data.source='synthetic'")
+    from jirl.data.folder import folder_source
+
+    directory = (data_cfg.get("folder") or {}).get(split) or ""
+    if not directory:
+        raise ValueError(
+            f"data.source='folder' needs data.folder.{split}: the directory of {split} composites "
+            "and masks (composite_images/ + masks/ [+ real_images/], or name.jpg + name_mask.png)"
+        )
+    return folder_source(directory)
 
 
 def _augment_config(data_cfg) -> transforms.AugmentConfig:

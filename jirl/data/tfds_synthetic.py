@@ -11,10 +11,9 @@ import dataclasses
 import logging
 
 import tensorflow_datasets as tfds
-from etils import epath
 
 from jirl.data import synthetic
-from jirl.data.features import composite_features, encode_image
+from jirl.data.features import ArrayRecordBuilder, composite_features, encode_image
 
 
 class _QuietCustomConfig(logging.Filter):
@@ -69,7 +68,7 @@ class SyntheticConfig(tfds.core.BuilderConfig):
 DEFAULT_CONFIG = SyntheticConfig.make()
 
 
-class SyntheticComposites(tfds.core.GeneratorBasedBuilder):
+class SyntheticComposites(ArrayRecordBuilder):
     """Synthetic iHarmony-style composites from photos shipped with scikit-image/scikit-learn."""
 
     name = "jirl_synthetic"
@@ -80,12 +79,6 @@ class SyntheticComposites(tfds.core.GeneratorBasedBuilder):
     }
     BUILDER_CONFIGS = [DEFAULT_CONFIG]
     DEFAULT_BUILDER_CONFIG_NAME = DEFAULT_CONFIG.name
-
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls) -> epath.Path:
-        # TFDS's own lookup needs the `importlib_resources` backport for editable installs.
-        return epath.Path(__file__)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
