@@ -15,15 +15,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
 
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
+UNREADABLE_DIR = "checkpoints.unreadable"
 
 
 class CheckpointError(RuntimeError):
@@ -40,7 +43,17 @@ def _manager(directory: str, max_to_keep: int, read_only: bool = False) -> ocp.C
 
 
 def _abstract(tree: Any) -> Any:
-    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+    """Restore targets; leaves without a sharding are placed on this process's first device, so
+    a checkpoint written by N processes restores in a different topology (e.g. one host)."""
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def leaf(x):
+        s = ocp.utils.to_shape_dtype_struct(x if hasattr(x, "shape") else jnp.asarray(x))
+        if getattr(s, "sharding", None) is None:
+            s = jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=local)
+        return s
+
+    return jax.tree.map(leaf, tree)
 
 
 def save(manager: ocp.CheckpointManager, step: int, model: dict, train: dict | None,
@@ -65,10 +78,14 @@ class Checkpointer:
     """Latest + best checkpoints of one training run in `workdir`."""
 
     def __init__(self, workdir: str, max_to_keep: int = 2):
+        self.workdir = os.path.abspath(workdir)
+        self._unreadable: set[int] = set()  # steps restore_latest skipped
         self.latest = _manager(os.path.join(workdir, LATEST_DIR), max_to_keep)
         self.best = _manager(os.path.join(workdir, BEST_DIR), 1)
 
     def save_latest(self, step: int, model: dict, train: dict, meta: dict) -> None:
+        if step in self._unreadable:
+            self._set_aside(step)
         save(self.latest, step, model, train, meta)
 
     def save_best(self, step: int, model: dict, meta: dict) -> None:
@@ -81,19 +98,46 @@ class Checkpointer:
         """(model, train, meta) of the newest readable checkpoint, or None when there is none.
 
         A checkpoint that fails to restore is skipped, with a warning, in favour of an older one.
+        When checkpoints exist but none is readable, raises CheckpointError instead of silently
+        starting over (that is a changed model config or a bug, not an interrupted save).
         """
+        # built outside the try: a bad target is a bug to raise, not an unreadable checkpoint
+        args = ocp.args.Composite(
+            model=ocp.args.StandardRestore(_abstract(model_target)),
+            train=ocp.args.StandardRestore(_abstract(train_target)),
+            meta=ocp.args.JsonRestore(),
+        )
+        errors = []
         for step in sorted(self.latest.all_steps(), reverse=True):
             try:
-                restored = self.latest.restore(step, args=ocp.args.Composite(
-                    model=ocp.args.StandardRestore(_abstract(model_target)),
-                    train=ocp.args.StandardRestore(_abstract(train_target)),
-                    meta=ocp.args.JsonRestore(),
-                ))
+                restored = self.latest.restore(step, args=args)
             except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped
                 log.warning("skipping unreadable checkpoint %s/%d: %s", LATEST_DIR, step, e)
+                self._unreadable.add(step)
+                errors.append(f"  {LATEST_DIR}/{step}: {str(e).splitlines()[0][:300]}")
                 continue
             return restored["model"], restored["train"], restored["meta"]
+        if errors:
+            raise CheckpointError(
+                f"no readable checkpoint in {self.workdir}/{LATEST_DIR}:\n" + "\n".join(errors)
+                + "\nif the model config changed, use a new workdir (--config.init_from=<a "
+                "checkpoint> to start from its weights)")
         return None
+
+    def _set_aside(self, step: int) -> None:
+        """Moves the unreadable <step> directory to <workdir>/checkpoints.unreadable/<step>-<time>.
+
+        Done only when the resumed run saves that step again: Orbax refuses to save over an
+        existing step, and the directory is kept for inspection rather than deleted.
+        """
+        if jax.process_index() == 0:
+            src = os.path.join(self.workdir, LATEST_DIR, str(step))
+            dst = os.path.join(self.workdir, UNREADABLE_DIR, f"{step}-{int(time.time())}")
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            os.rename(src, dst)
+            log.warning("moved unreadable checkpoint %s to %s", src, dst)
+        self._unreadable.discard(step)
+        self.latest.reload()
 
     def wait(self) -> None:
         self.latest.wait_until_finished()
