@@ -13,13 +13,14 @@ import jax
 from absl import app, flags
 
 from jirl.training import checkpoints as ckpt
-from jirl.training import cli
+from jirl.training import cli, distributed
 from jirl.training import mesh as jmesh
 from jirl.training.evaluate import evaluate, format_table
 from jirl.training.loop import build_model, init_model_variables
 from jirl.training.steps import make_eval_step
 
 cli.define_flags()
+distributed.define_flags()
 flags.DEFINE_string("checkpoint", None, "Checkpoint to evaluate (default: the workdir's best, "
                     "else its latest).")
 flags.DEFINE_string("split", None, "Split to evaluate (default: config.eval.split).")
@@ -39,6 +40,7 @@ def write_json_atomic(path: str, payload: dict) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    distributed.initialize_from_flags()  # before anything touches devices
     cli.quiet_libraries()
     config = FLAGS.config
     workdir = cli.workdir()

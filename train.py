@@ -6,16 +6,18 @@ e.g. --config.batch_size=16 --config.num_train_steps=1000 --config.data.crop_siz
 
 from absl import app, flags, logging
 
-from jirl.training import cli
+from jirl.training import cli, distributed
 from jirl.training.loop import log_summary, train_and_evaluate
 
 cli.define_flags()
+distributed.define_flags()
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    distributed.initialize_from_flags()  # before anything touches devices
     cli.quiet_libraries()
     workdir = cli.workdir()
     logging.info("workdir: %s", workdir)

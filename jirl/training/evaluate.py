@@ -24,6 +24,13 @@ def _gather(x: np.ndarray) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+def _to_host(x: jax.Array) -> np.ndarray:
+    """A (possibly multi-process) global array as one numpy array on every host."""
+    if jax.process_count() == 1:
+        return np.asarray(jax.device_get(x))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def _gather_strings(names: np.ndarray, width: int = 256) -> np.ndarray:
     if jax.process_count() == 1:
         return names
@@ -79,7 +86,7 @@ def evaluate(
         subsets = _gather_strings(np.asarray(batch["subset"]))
         names = np.asarray(batch["name"])
         for mask_name, values in per_image.items():
-            host = {k: _gather(np.asarray(jax.device_get(v))) for k, v in values.items()}
+            host = {k: _to_host(v) for k, v in values.items()}
             acc = accumulators.setdefault(mask_name, metrics.StreamingMetrics())
             acc.update(host, subsets, valid)
             if mask_dir and jax.process_index() == 0 and jax.process_count() == 1:
