@@ -8,7 +8,7 @@ import pytest
 from scipy import ndimage
 
 from jirl.models import available_models, dirl, get_spec, layers
-from jirl.models.resnet import BasicBlock, ResLayer
+from jirl.models.resnet import BasicBlock, Encoder, ResLayer
 
 TINY = dict(stem_features=8, stage_features=(8, 8, 16, 16, 24), stage_blocks=(1, 2, 1, 1, 1),
             ggd_ch=8)
@@ -175,7 +175,7 @@ def test_mda_returns_features_and_a_probability_map():
 @pytest.mark.parametrize("hw", [(32, 32), (64, 48)])
 def test_encoder_and_decoder_shapes(hw):
     x = jnp.zeros((2, *hw, 3))
-    enc = dirl.Encoder(8, (8, 8, 16, 16, 24), (1, 1, 1, 1, 1))
+    enc = Encoder(8, (8, 8, 16, 16, 24), (1, 1, 1, 1, 1))
     skips = jax.jit(lambda v, x: enc.apply(v, x, False))(_init(enc, x.shape, False), x)
     h, w = hw
     chex.assert_shape(skips, [(2, h, w, 8), (2, h // 2, w // 2, 8), (2, h // 4, w // 4, 16),

@@ -108,7 +108,7 @@ def test_resnet_stage_matches_official():
 
 
 class _StemAndStage1(nn.Module):
-    """The encoder's 3x3 stem (conv with bias + BN + ReLU) and stage 1, named as in dirl.Encoder."""
+    """The encoder's 3x3 stem (conv with bias + BN + ReLU) and stage 1, named as in resnet.Encoder."""
 
     @nn.compact
     def __call__(self, x, train):

@@ -24,47 +24,17 @@ import ml_collections
 from jirl import losses
 from jirl.models import ModelSpec
 from jirl.models.layers import (
-    BatchNorm,
     Conv2d,
     ConvBlock,
     Dtype,
-    max_pool,
     resize_bilinear,
     stat_dtype,
     upsample_bilinear2x,
     upsample_nearest2x,
 )
-from jirl.models.resnet import ResLayer, check_stage_config
+from jirl.models.resnet import Encoder
 
 Array = jax.Array
-
-
-class Encoder(nn.Module):
-    """Five-stage encoder (§3.1): 3x3 stem without max-pool, ResNet34 layers 1-4, max-pool, stage 5.
-
-    Layer 1 runs at full resolution, so the five features are at 1, 1/2, 1/4, 1/8, 1/16 of the input.
-    """
-
-    stem_features: int = 64
-    stage_features: Sequence[int] = (64, 128, 256, 512, 512)
-    stage_blocks: Sequence[int] = (3, 4, 6, 3, 3)
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: Array, train: bool) -> list[Array]:
-        check_stage_config(self.stage_features, self.stage_blocks, 5)
-        h = Conv2d(self.stem_features, 3, 1, 1, use_bias=True, dtype=self.dtype, name="inconv")(x)
-        h = nn.relu(BatchNorm(dtype=self.dtype, name="inbn")(h, train))
-        skips = []
-        for i in range(4):
-            h = ResLayer(self.stage_features[i], self.stage_blocks[i], 1 if i == 0 else 2,
-                         "conv_bn", self.dtype, name=f"encoder{i + 1}")(h, train)
-            skips.append(h)
-        h = max_pool(h)
-        h = ResLayer(self.stage_features[4], self.stage_blocks[4], 1, "conv_bias", self.dtype,
-                     name="encoder5")(h, train)
-        skips.append(h)
-        return skips
 
 
 class BFI(nn.Module):
@@ -260,8 +230,8 @@ class DIRL(nn.Module):
         if c != 3 or h % 16 or w % 16:
             raise ValueError(
                 f"DIRL takes [B, H, W, 3] images with H and W multiples of 16; got {image.shape}")
-        skips = Encoder(self.stem_features, self.stage_features, self.stage_blocks, self.dtype,
-                        name="encoder")(image, train)
+        skips = Encoder(self.stem_features, self.stage_features, self.stage_blocks,
+                        dtype=self.dtype, name="encoder")(image, train)
         logits, attention = Decoder(self.ggd_ch, self.dtype, name="decoder")(skips, train)
         chex.assert_shape(logits, (b, h, w, 1))
         chex.assert_shape(attention, (b, h, w, 1))

@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jirl.models.layers import BatchNorm, Conv2d, Dtype
+from jirl.models.layers import BatchNorm, Conv2d, Dtype, max_pool
 
 RESNET34_FEATURES = (64, 128, 256, 512)
 RESNET34_BLOCKS = (3, 4, 6, 3)
@@ -79,3 +79,34 @@ def check_stage_config(features: Sequence[int], blocks: Sequence[int], n: int) -
         )
     if min(features) < 1 or min(blocks) < 1:
         raise ValueError(f"stage widths and block counts must be >= 1: {features}, {blocks}")
+
+
+class Encoder(nn.Module):
+    """Five-stage encoder of DIRL (§3.1), the UNet baseline and RSRNet (§3.1 of each paper).
+
+    3x3 stem (conv-BN-ReLU) without max-pool, ResNet34 layers 1-4, max-pool, stage 5. Layer 1 runs
+    at full resolution, so the five features are at 1, 1/2, 1/4, 1/8, 1/16 of the input. The
+    official DIRL stem conv has a bias, the official UNet's has none (`stem_bias`).
+    """
+
+    stem_features: int = 64
+    stage_features: Sequence[int] = (64, 128, 256, 512, 512)
+    stage_blocks: Sequence[int] = (3, 4, 6, 3, 3)
+    stem_bias: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> list[jax.Array]:
+        check_stage_config(self.stage_features, self.stage_blocks, 5)
+        h = Conv2d(self.stem_features, 3, 1, 1, use_bias=self.stem_bias, dtype=self.dtype, name="inconv")(x)
+        h = nn.relu(BatchNorm(dtype=self.dtype, name="inbn")(h, train))
+        skips = []
+        for i in range(4):
+            h = ResLayer(self.stage_features[i], self.stage_blocks[i], 1 if i == 0 else 2,
+                         "conv_bn", self.dtype, name=f"encoder{i + 1}")(h, train)
+            skips.append(h)
+        h = max_pool(h)
+        h = ResLayer(self.stage_features[4], self.stage_blocks[4], 1, "conv_bias", self.dtype,
+                     name="encoder5")(h, train)
+        skips.append(h)
+        return skips
