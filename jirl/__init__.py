@@ -1,3 +1,26 @@
 """jirl: inharmonious region localization in JAX/Flax."""
 
+import os
+
 __version__ = "0.1.0"
+
+# XLA flags jirl sets unless the user already chose them in XLA_FLAGS. XLA reads XLA_FLAGS once,
+# when the first backend starts, so they must be in place before any jax computation: importing
+# jirl does that. (Passing them as jax.jit `compiler_options` has no effect on these.)
+#
+# --xla_cpu_enable_concurrency_optimized_scheduler=false: on CPU, XLA's default scheduler starts
+# every op as early as it can, which keeps the weight-gradient copy of each activation alive
+# across the whole backward pass. The memory-minimizing scheduler cuts DIRL's train step at
+# 224 px, batch 8 from 11.3 GB of temporaries to 6.6 GB (peak RSS 14.1 -> 9.5 GB). CPU-only flag.
+XLA_DEFAULT_FLAGS = ("--xla_cpu_enable_concurrency_optimized_scheduler=false",)
+
+
+def _set_xla_flags() -> None:
+    flags = os.environ.get("XLA_FLAGS", "")
+    for flag in XLA_DEFAULT_FLAGS:
+        if flag.split("=")[0] not in flags:
+            flags = f"{flags} {flag}".strip()
+    os.environ["XLA_FLAGS"] = flags
+
+
+_set_xla_flags()

@@ -30,7 +30,6 @@ from jirl.models.layers import (
     resize_bilinear,
     stat_dtype,
     upsample_bilinear2x,
-    upsample_nearest2x,
 )
 from jirl.models.resnet import Encoder
 
@@ -50,8 +49,10 @@ class BFI(nn.Module):
 
     dtype: Dtype = jnp.float32
 
-    def _block(self, features: int, stride: int, name: str) -> ConvBlock:
-        return ConvBlock(features, 3, stride, 1, activation_first=True, dtype=self.dtype, name=name)
+    def _block(self, features: int, stride: int, name: str, upsample: bool = False) -> ConvBlock:
+        """ReLU -> conv3x3 -> BN; `upsample`: applied to upsample_nearest2x of its input."""
+        return ConvBlock(features, 3, stride, 1, activation_first=True, dtype=self.dtype,
+                         upsample_input=upsample, name=name)
 
     @nn.compact
     def __call__(self, xs: Sequence[Array], train: bool) -> Array:
@@ -62,12 +63,12 @@ class BFI(nn.Module):
         raise ValueError(f"unknown BFI mode {self.mode!r}; use 'h2l', 'hl2m' or 'l2h'")
 
     def _two_level(self, xl: Array, xh: Array, *, train: bool) -> Array:
-        low = xl + self._block(xl.shape[-1], 1, "top_down")(upsample_nearest2x(xh), train)
+        low = xl + self._block(xl.shape[-1], 1, "top_down", upsample=True)(xh, train)
         high = xh + self._block(xh.shape[-1], 2, "bottom_up")(xl, train)
         xl_cat = jnp.concatenate([low, xl], axis=-1)
         xh_cat = jnp.concatenate([xh, high], axis=-1)
         if self.mode == "h2l":
-            xh_cat = self._block(self.features, 1, "h_concat")(upsample_nearest2x(xh_cat), train)
+            xh_cat = self._block(self.features, 1, "h_concat", upsample=True)(xh_cat, train)
             xl_cat = self._block(self.features, 1, "l_concat")(xl_cat, train)
         else:
             xh_cat = self._block(self.features, 1, "h_concat")(xh_cat, train)
@@ -75,16 +76,16 @@ class BFI(nn.Module):
         return xh_cat + xl_cat
 
     def _three_level(self, xl: Array, xm: Array, xh: Array, *, train: bool) -> Array:
-        xh2m = self._block(xm.shape[-1], 1, "top_down_h2m")(upsample_nearest2x(xh), train) + xm
-        xm2l = self._block(xl.shape[-1], 1, "top_down_m2l")(upsample_nearest2x(xh2m), train) + xl
+        xh2m = self._block(xm.shape[-1], 1, "top_down_h2m", upsample=True)(xh, train) + xm
+        xm2l = self._block(xl.shape[-1], 1, "top_down_m2l", upsample=True)(xh2m, train) + xl
         xl2m = self._block(xm.shape[-1], 2, "bottom_up_l2m")(xl, train) + xm
         xm2h = self._block(xh.shape[-1], 2, "bottom_up_m2h")(xl2m, train) + xh
         xl_cat = self._block(self.features, 2, "l_concat")(
             jnp.concatenate([xm2l, xl], axis=-1), train)
         xm_cat = self._block(self.features, 1, "m_concat")(
             jnp.concatenate([xh2m, xl2m], axis=-1), train)
-        xh_cat = self._block(self.features, 1, "h_concat")(
-            upsample_nearest2x(jnp.concatenate([xh, xm2h], axis=-1)), train)
+        xh_cat = self._block(self.features, 1, "h_concat", upsample=True)(
+            jnp.concatenate([xh, xm2h], axis=-1), train)
         return xl_cat + xm_cat + xh_cat
 
 
