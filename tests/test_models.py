@@ -262,3 +262,62 @@ def test_registry():
     assert "dirl" in available_models()
     with pytest.raises(ValueError, match="unknown model 'nope'; available: .*dirl"):
         get_spec("nope")
+
+
+# ---------------------------------------------------------------- memory/speed rewrites (issue #5)
+
+
+def _textbook_batch_norm(x, scale, bias, eps=1e-5):
+    mean = jnp.mean(x, (0, 1, 2))
+    var = jnp.mean(jnp.square(x - mean), (0, 1, 2))
+    return (x - mean) * jax.lax.rsqrt(var + eps) * scale + bias, mean, var
+
+
+def test_batch_norm_train_custom_gradient_equals_autodiff():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(3.0, 2.0, (4, 5, 6, 3)), jnp.float32)
+    scale, bias = jnp.asarray([1.5, -0.5, 2.0]), jnp.asarray([0.1, 0.2, 0.3])
+    w = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+
+    def loss(fn):  # uses y, mean and var, so every cotangent of the custom rule is exercised
+        def f(x, s, b):
+            y, m, v = fn(x, s, b)
+            return jnp.sum(jnp.sin(y) * w) + jnp.sum(m * jnp.arange(3.0)) + jnp.sum(v ** 2)
+        return f
+
+    ours = jax.grad(loss(lambda x, s, b: layers.batch_norm_train(x, s, b, 1e-5)), (0, 1, 2))
+    ref = jax.grad(loss(_textbook_batch_norm), (0, 1, 2))
+    chex.assert_trees_all_close(ours(x, scale, bias), ref(x, scale, bias), rtol=1e-4, atol=1e-5)
+    chex.assert_trees_all_close(layers.batch_norm_train(x, scale, bias, 1e-5),
+                                _textbook_batch_norm(x, scale, bias), rtol=1e-5, atol=1e-5)
+
+
+def test_conv_of_nearest_upsample_equals_upsample_then_conv():
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(2, 5, 7, 3)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(3, 3, 3, 4)), jnp.float32)
+    ref = jax.lax.conv_general_dilated(layers.upsample_nearest2x(x), kernel, (1, 1),
+                                       ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    out = layers.conv3x3_of_upsample_nearest2x(x, kernel)
+    chex.assert_shape(out, (2, 10, 14, 4))
+    chex.assert_trees_all_close(out, ref, atol=1e-5)
+    # the same through a ConvBlock (activation first, as DIRL's BFI): params and layout unchanged
+    fused = layers.ConvBlock(4, activation_first=True, upsample_input=True)
+    plain = layers.ConvBlock(4, activation_first=True)
+    v = plain.init(jax.random.PRNGKey(0), layers.upsample_nearest2x(x), train=False)
+    y_fused, upd_fused = fused.apply(v, x, train=True, mutable=["batch_stats"])
+    y_plain, upd_plain = plain.apply(v, layers.upsample_nearest2x(x), train=True,
+                                     mutable=["batch_stats"])
+    chex.assert_trees_all_close((y_fused, upd_fused), (y_plain, upd_plain), atol=1e-5)
+    with pytest.raises(ValueError, match="3x3 conv with stride 1"):
+        layers.Conv2d(4, 3, stride=2, padding=1, upsample_input=True).init(
+            jax.random.PRNGKey(0), x)
+
+
+def test_importing_jirl_selects_the_memory_minimizing_cpu_scheduler():
+    import os
+
+    import jirl
+
+    assert "--xla_cpu_enable_concurrency_optimized_scheduler=false" in os.environ["XLA_FLAGS"]
+    assert jirl.XLA_DEFAULT_FLAGS
