@@ -21,6 +21,7 @@ class ModelSpec:
     eval_masks(outputs) -> {name: [B,H,W,1] probability mask} scored by eval.py.
     load_pretrained(variables, model_cfg) -> variables: optional pretrained initialization
         (e.g. an ImageNet backbone) applied to a fresh model before training.
+    primary_mask: the eval_masks entry that selects the best checkpoint and is logged as val/.
     """
 
     name: str
@@ -28,6 +29,7 @@ class ModelSpec:
     objective: Callable[..., Any]
     eval_masks: Callable[..., Any]
     load_pretrained: Callable[..., Any] | None = None
+    primary_mask: str = "mask"
 
 
 def available_models() -> list[str]:

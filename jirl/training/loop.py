@@ -194,8 +194,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     window_start, window_steps = time.perf_counter(), 0
                 if step % sched.eval_every == 0 or step == sched.total:
                     results = evaluate(config, eval_step, state.variables(), mesh)
-                    scores = results["mask"]["all"] if "mask" in results else next(
-                        iter(results.values()))["all"]
+                    scores = results[spec.primary_mask]["all"]
                     writer.write(step, {k: v for k, v in scores.items() if k != "count"},
                                  prefix="val/")
                     tqdm.write(f"step {step}: " + format_table(results).replace(
