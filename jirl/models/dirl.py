@@ -31,7 +31,7 @@ from jirl.models.layers import (
     stat_dtype,
     upsample_bilinear2x,
 )
-from jirl.models.resnet import Encoder
+from jirl.models.resnet import Encoder, check_image
 
 Array = jax.Array
 
@@ -226,11 +226,7 @@ class DIRL(nn.Module):
 
     @nn.compact
     def __call__(self, image: Array, train: bool = False) -> dict:
-        chex.assert_rank(image, 4)
-        b, h, w, c = image.shape
-        if c != 3 or h % 16 or w % 16:
-            raise ValueError(
-                f"DIRL takes [B, H, W, 3] images with H and W multiples of 16; got {image.shape}")
+        b, h, w = check_image(image, "DIRL")
         skips = Encoder(self.stem_features, self.stage_features, self.stage_blocks,
                         dtype=self.dtype, name="encoder")(image, train)
         logits, attention = Decoder(self.ggd_ch, self.dtype, name="decoder")(skips, train)

@@ -110,3 +110,12 @@ class Encoder(nn.Module):
                      name="encoder5")(h, train)
         skips.append(h)
         return skips
+
+
+def check_image(image: jax.Array, model: str, multiple: int = 16) -> tuple[int, int, int]:
+    """(B, H, W) of an [B, H, W, 3] image batch; a clear error unless H and W are multiples of
+    `multiple` (the encoder's total stride)."""
+    if image.ndim != 4 or image.shape[-1] != 3 or image.shape[1] % multiple or image.shape[2] % multiple:
+        raise ValueError(f"{model} takes [B, H, W, 3] images with H and W multiples of {multiple}; "
+                         f"got {image.shape}")
+    return image.shape[:3]

@@ -101,7 +101,7 @@ from jirl import losses
 from jirl.models import ModelSpec
 from jirl.models.dirl import load_pretrained
 from jirl.models.layers import Conv2d, Dtype, resize_bilinear, stat_dtype
-from jirl.models.resnet import Encoder
+from jirl.models.resnet import Encoder, check_image
 from jirl.models.unet import DoubleConv, Up
 
 Array = jax.Array
@@ -392,11 +392,7 @@ class RSRNet(nn.Module):
 
     @nn.compact
     def __call__(self, image: Array, train: bool = False) -> dict:
-        chex.assert_rank(image, 4)
-        b, h, w, c = image.shape
-        if c != 3 or h % 16 or w % 16:
-            raise ValueError(
-                f"RSRNet takes [B, H, W, 3] images with H and W multiples of 16; got {image.shape}")
+        b, h, w = check_image(image, "RSRNet")
         if self.combine not in COMBINE_MODES:
             raise ValueError(f"unknown combine {self.combine!r}; use one of {COMBINE_MODES}")
         skips = Encoder(self.stem_features, self.stage_features, self.stage_blocks, stem_bias=False,

@@ -34,7 +34,7 @@ from jirl import losses
 from jirl.models import ModelSpec
 from jirl.models.dirl import load_pretrained
 from jirl.models.layers import Conv2d, ConvBlock, Dtype, resize_bilinear, stat_dtype, upsample_bilinear2x
-from jirl.models.resnet import Encoder
+from jirl.models.resnet import Encoder, check_image
 
 Array = jax.Array
 
@@ -107,11 +107,7 @@ class UNet(nn.Module):
 
     @nn.compact
     def __call__(self, image: Array, train: bool = False) -> dict:
-        chex.assert_rank(image, 4)
-        b, h, w, c = image.shape
-        if c != 3 or h % 16 or w % 16:
-            raise ValueError(
-                f"UNet takes [B, H, W, 3] images with H and W multiples of 16; got {image.shape}")
+        b, h, w = check_image(image, "UNet")
         skips = Encoder(self.stem_features, self.stage_features, self.stage_blocks, stem_bias=False,
                         dtype=self.dtype, name="encoder")(image, train)
         widths = (self.stem_features, *self.stage_features[:4])
