@@ -321,3 +321,21 @@ def test_importing_jirl_selects_the_memory_minimizing_cpu_scheduler():
 
     assert "--xla_cpu_enable_concurrency_optimized_scheduler=false" in os.environ["XLA_FLAGS"]
     assert jirl.XLA_DEFAULT_FLAGS
+
+
+@pytest.mark.parametrize("stride,padding,dilation,k", [(1, 1, 1, 3), (2, 1, 1, 3), (1, 2, 2, 3),
+                                                       (1, 0, 1, 1), (2, 3, 1, 7)])
+def test_conv_tapwise_kernel_gradient_equals_xlas(stride, padding, dilation, k):
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(2, 9, 11, 3)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(k, k, 3, 5)), jnp.float32)
+
+    def loss(conv):
+        def f(x, kern):
+            y = conv(x, kern, stride, padding, dilation)
+            return jnp.sum(jnp.sin(y) * jnp.cos(jnp.arange(y.size).reshape(y.shape)))
+        return f
+
+    ours = jax.jit(jax.grad(loss(layers._conv_tapwise_grad), (0, 1)))(x, kernel)
+    ref = jax.jit(jax.grad(loss(layers._conv), (0, 1)))(x, kernel)
+    chex.assert_trees_all_close(ours, ref, rtol=1e-4, atol=1e-4)
