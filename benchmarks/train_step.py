@@ -41,7 +41,7 @@ def measure(dtype: str) -> dict:
     from jirl.training.loop import build_model, init_model_variables
     from jirl.training.optim import make_optimizer
     from jirl.training.state import create_train_state
-    from jirl.training.steps import make_train_step
+    from jirl.training.steps import compile_step, make_train_step
 
     config = importlib.import_module(f"configs.{FLAGS.model}").get_config()
     config.dtype, config.batch_size, config.data.crop_size = dtype, FLAGS.batch, FLAGS.size
@@ -57,8 +57,7 @@ def measure(dtype: str) -> dict:
                              .astype(np.float32), "mask": mask}, mesh)
     step = jax.jit(make_train_step(spec, config), donate_argnums=0, out_shardings=(repl, repl))
     t0 = time.perf_counter()
-    state, logs = step(state, batch)
-    jax.block_until_ready(logs["loss"])
+    step = compile_step(step, state, batch)  # as the training loop does
     compile_train = time.perf_counter() - t0
     state, logs = step(state, batch)
     jax.block_until_ready(logs["loss"])

@@ -20,7 +20,7 @@ from jirl.training import mesh as jmesh
 from jirl.training.evaluate import evaluate, format_table
 from jirl.training.optim import lr_schedule, make_optimizer
 from jirl.training.state import TrainState, create_train_state, init_variables
-from jirl.training.steps import make_eval_step, make_train_step
+from jirl.training.steps import compile_step, make_eval_step, make_train_step
 from jirl.training.writers import MetricWriter
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -171,11 +171,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                disable=jax.process_index() != 0, desc=config.model.name)
     window_start, window_steps = time.perf_counter(), 0
     step = start
+    compiled_step = None
     try:
         with _Preemption() as preemption:
             while step < sched.total:
                 batch = jmesh.put_batch(next(batches), mesh, keys=("image", "mask", "real"))
-                state, logs = train_step(state, batch)
+                if compiled_step is None:
+                    compiled_step = compile_step(train_step, state, batch)
+                state, logs = compiled_step(state, batch)
                 step += 1
                 window_steps += 1
                 logs = jax.device_get(logs)

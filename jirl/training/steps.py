@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import sys
 from collections.abc import Callable
 
 import jax
@@ -43,6 +45,28 @@ def make_train_step(spec: ModelSpec, config: ml_collections.ConfigDict) -> Calla
         return new_state, logs
 
     return train_step
+
+
+def release_host_memory() -> None:
+    """Returns memory that the process freed but glibc's malloc keeps back to the OS (Linux only).
+
+    XLA frees its compiler's working memory after compilation, yet glibc keeps it mapped; on CPU
+    the train step's activations are host memory too, so without this they would sit on top of
+    it: DIRL's official train step at 224 px, batch 8 peaks at 7.0 GB instead of 7.7 GB.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to release
+        pass
+
+
+def compile_step(jitted: Callable, *args) -> Callable:
+    """`jitted` compiled ahead of time for `args`, then `release_host_memory()`."""
+    compiled = jitted.lower(*args).compile()
+    release_host_memory()
+    return compiled
 
 
 def make_eval_step(spec: ModelSpec, config: ml_collections.ConfigDict,
