@@ -57,3 +57,15 @@ def get_spec(name: str) -> ModelSpec:
     if spec is None:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}")
     return spec
+
+
+def from_config(module_cls: type, cfg: Any, dtype: Any, **overrides: Any) -> Any:
+    """`module_cls` with every field that `cfg` (a config.model ConfigDict) names, lists as tuples.
+
+    Keys of `cfg` that are not module fields (name, backbone_weights, ...) are left to others;
+    `overrides` replace values after a model-specific translation (e.g. an "auto" setting).
+    """
+    fields = {f.name for f in dataclasses.fields(module_cls)} - {"parent", "name"}
+    kwargs = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in cfg.items()
+              if k in fields}
+    return module_cls(**{**kwargs, **overrides, "dtype": dtype})

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from jirl import losses
-from jirl.models import ModelSpec
+from jirl.models import ModelSpec, from_config
 from jirl.models.layers import (
     Conv2d,
     ConvBlock,
@@ -237,13 +237,7 @@ class DIRL(nn.Module):
 
 def build(cfg: ml_collections.ConfigDict, dtype: Dtype = jnp.float32) -> DIRL:
     """DIRL from `config.model` (keys: stem_features, stage_features, stage_blocks, ggd_ch)."""
-    return DIRL(
-        stem_features=cfg.stem_features,
-        stage_features=tuple(cfg.stage_features),
-        stage_blocks=tuple(cfg.stage_blocks),
-        ggd_ch=cfg.ggd_ch,
-        dtype=dtype,
-    )
+    return from_config(DIRL, cfg, dtype)
 
 
 def objective(outputs: dict, batch: dict, loss_cfg: ml_collections.ConfigDict):

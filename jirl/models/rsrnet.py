@@ -98,7 +98,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from jirl import losses
-from jirl.models import ModelSpec
+from jirl.models import ModelSpec, from_config
 from jirl.models.dirl import load_pretrained
 from jirl.models.layers import Conv2d, Dtype, resize_bilinear, stat_dtype
 from jirl.models.resnet import Encoder, check_image
@@ -426,25 +426,7 @@ class RSRNet(nn.Module):
 
 def build(cfg: ml_collections.ConfigDict, dtype: Dtype = jnp.float32) -> RSRNet:
     """RSRNet from `config.model` (see configs/rsrnet.py for the keys)."""
-    return RSRNet(
-        stem_features=cfg.stem_features,
-        stage_features=tuple(cfg.stage_features),
-        stage_blocks=tuple(cfg.stage_blocks),
-        head_features=cfg.head_features,
-        hidden_features=cfg.hidden_features,
-        embed_features=cfg.embed_features,
-        iterations=cfg.iterations,
-        scales=cfg.scales,
-        use_gru=cfg.use_gru,
-        use_msm=cfg.use_msm,
-        content_from=cfg.content_from,
-        similarity_only=cfg.similarity_only,
-        upsample=cfg.upsample,
-        combine=cfg.combine,
-        remat=cfg.remat,
-        unroll=scan_unroll(cfg.unroll, cfg.iterations),
-        dtype=dtype,
-    )
+    return from_config(RSRNet, cfg, dtype, unroll=scan_unroll(cfg.unroll, cfg.iterations))
 
 
 def scan_unroll(unroll: int, iterations: int) -> int:

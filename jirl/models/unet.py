@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from jirl import losses
-from jirl.models import ModelSpec
+from jirl.models import ModelSpec, from_config
 from jirl.models.dirl import load_pretrained
 from jirl.models.layers import Conv2d, ConvBlock, Dtype, resize_bilinear, stat_dtype, upsample_bilinear2x
 from jirl.models.resnet import Encoder, check_image
@@ -121,12 +121,7 @@ class UNet(nn.Module):
 
 def build(cfg: ml_collections.ConfigDict, dtype: Dtype = jnp.float32) -> UNet:
     """UNet from `config.model` (keys: stem_features, stage_features, stage_blocks)."""
-    return UNet(
-        stem_features=cfg.stem_features,
-        stage_features=tuple(cfg.stage_features),
-        stage_blocks=tuple(cfg.stage_blocks),
-        dtype=dtype,
-    )
+    return from_config(UNet, cfg, dtype)
 
 
 def objective(outputs: dict, batch: dict, loss_cfg: ml_collections.ConfigDict):
