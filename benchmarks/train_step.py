@@ -1,6 +1,7 @@
 """Train / inference throughput of one model; prints one JSON line.
 
   python benchmarks/train_step.py --model dirl --batch 8 --size 224 [--dtypes float32,bfloat16]
+  python benchmarks/train_step.py --model rsrnet --set model.remat=True
 
 For each compute dtype a fresh subprocess builds the model at the config's official setting
 (`configs/<model>.py`), compiles the jitted train step and the inference forward, times
@@ -9,6 +10,7 @@ figures of one dtype do not leak into the other's. Random inputs: the data pipel
 measured by benchmarks/input_pipeline.py.
 """
 
+import ast
 import json
 import os
 import resource
@@ -27,8 +29,19 @@ flags.DEFINE_integer("size", 224, "Square input size.")
 flags.DEFINE_integer("steps", 3, "Timed train steps (after compile and one warm-up step).")
 flags.DEFINE_integer("infer_steps", 5, "Timed inference batches (after compile).")
 flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Compute dtypes to measure.")
+flags.DEFINE_multi_string("set", [], "Config override key=value, e.g. --set model.remat=True.")
 flags.DEFINE_string("child", "", "Internal: measure this dtype in this process.")
 FLAGS = flags.FLAGS
+
+
+def _override(kv: str) -> tuple[str, object]:
+    key, sep, value = kv.partition("=")
+    if not sep:
+        raise app.UsageError(f"--set takes key=value, got {kv!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value  # a plain string
 
 
 def measure(dtype: str) -> dict:
@@ -45,6 +58,7 @@ def measure(dtype: str) -> dict:
 
     config = importlib.import_module(f"configs.{FLAGS.model}").get_config()
     config.dtype, config.batch_size, config.data.crop_size = dtype, FLAGS.batch, FLAGS.size
+    config.update_from_flattened_dict(dict(_override(kv) for kv in FLAGS.set))
     spec, model = build_model(config)
     mesh = jmesh.make_mesh()
     repl = jmesh.replicated(mesh)
@@ -89,17 +103,17 @@ def main(argv):
         return 0
     import jax
 
-    result = {"benchmark": "train_step", "model": FLAGS.model, "batch": FLAGS.batch,
+    result = {"benchmark": "train_step", "model": FLAGS.model, "overrides": FLAGS.set, "batch": FLAGS.batch,
               "size": FLAGS.size, "backend": jax.default_backend(),
               "devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count()}
     for dtype in FLAGS.dtypes:
         proc = subprocess.run(
             [sys.executable, __file__, f"--child={dtype}", f"--model={FLAGS.model}",
              f"--batch={FLAGS.batch}", f"--size={FLAGS.size}", f"--steps={FLAGS.steps}",
-             f"--infer_steps={FLAGS.infer_steps}"],
+             f"--infer_steps={FLAGS.infer_steps}", *(f"--set={kv}" for kv in FLAGS.set)],
             cwd=ROOT, capture_output=True, text=True)
         if proc.returncode != 0:
-            result[dtype] = {"error": proc.stderr.strip().splitlines()[-1:]}
+            result[dtype] = {"error": proc.stderr.strip().splitlines()[-5:], "rc": proc.returncode}
         else:
             result[dtype] = json.loads(proc.stdout.strip().splitlines()[-1])
     print(json.dumps(result))
