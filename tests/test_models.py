@@ -231,20 +231,13 @@ class JitAgreementTest(chex.TestCase):
         chex.assert_trees_all_close(upd, ref_upd, atol=1e-5)
 
 
-def test_gradients_reach_every_parameter():
+def test_gradients_reach_every_parameter(params_without_gradient):
     m = _tiny()
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
     target = (jax.random.uniform(jax.random.PRNGKey(1), (2, 32, 32, 1)) > 0.7).astype(jnp.float32)
     v = _init(m, x.shape)
-
-    def loss(params):
-        out, _ = m.apply({"params": params, "batch_stats": v["batch_stats"]}, x, train=True,
-                         mutable=["batch_stats"])
-        return sum(jnp.mean((a - target) ** 2) for a in (out["mask"], *out["attention"]))
-
-    grads = jax.jit(jax.grad(loss))(v["params"])
-    flat = jax.tree_util.tree_flatten_with_path(grads)[0]
-    unused = [jax.tree_util.keystr(k) for k, g in flat if not np.any(np.asarray(g))]
+    unused = params_without_gradient(m, v, x, lambda out: sum(
+        jnp.mean((a - target) ** 2) for a in (out["mask"], *out["attention"])))
     # the only parameter without a gradient is the official model's uncalled GGD `conv4`
     assert unused and all("'conv4'" in k for k in unused), unused
     assert len(unused) == 3  # conv kernel, BN scale, BN bias
@@ -339,3 +332,16 @@ def test_conv_tapwise_kernel_gradient_equals_xlas(stride, padding, dilation, k):
     ours = jax.jit(jax.grad(loss(layers._conv_tapwise_grad), (0, 1)))(x, kernel)
     ref = jax.jit(jax.grad(loss(layers._conv), (0, 1)))(x, kernel)
     chex.assert_trees_all_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_from_config_builds_from_model_keys_and_rejects_unknown_ones():
+    from configs import dirl as dirl_config
+    from jirl.models import from_config
+
+    cfg = dirl_config.get_config("quick").model
+    m = from_config(dirl.DIRL, cfg, jnp.bfloat16)
+    assert (m.stage_features, m.ggd_ch, m.dtype) == ((16, 32, 64, 96, 96), 16, jnp.bfloat16)
+    cfg.unlock()
+    cfg.ggd_channels = 8  # misspelt
+    with pytest.raises(ValueError, match="does not take: \\['ggd_channels'\\]"):
+        from_config(dirl.DIRL, cfg, jnp.float32)

@@ -262,20 +262,13 @@ class JitAgreementTest(chex.TestCase):
         chex.assert_trees_all_close(fwd(v, x), ref, atol=1e-5)
 
 
-def test_every_parameter_gets_a_gradient():
+def test_every_parameter_gets_a_gradient(params_without_gradient):
     m, v = _model()
     x = _image()
     target = (jax.random.uniform(jax.random.PRNGKey(4), (2, 32, 32, 1)) > 0.7).astype(jnp.float32)
     cfg = rsrnet_config.get_config().loss
-
-    def loss(params):
-        out, _ = m.apply({"params": params, "batch_stats": v["batch_stats"]}, x, train=True,
-                         mutable=["batch_stats"])
-        return rsrnet.objective(out, {"mask": target}, cfg)[0]
-
-    grads = jax.jit(jax.grad(loss))(v["params"])
-    flat = jax.tree_util.tree_flatten_with_path(grads)[0]
-    assert not [jax.tree_util.keystr(k) for k, g in flat if not np.any(np.asarray(g))]
+    unused = params_without_gradient(m, v, x, lambda out: rsrnet.objective(out, {"mask": target}, cfg)[0])
+    assert not unused, unused
     assert "gate" in v["params"] and "upsample_head" in v["params"]["rsr"]["cell"]
 
 
@@ -344,3 +337,11 @@ def test_configs_and_registry():
     assert set(shapes["params"]) == {"encoder", "rsr", "decoder", "gate"}
     with pytest.raises(ValueError, match="unknown variant 'fast'"):
         rsrnet_config.get_config("fast")
+
+
+def test_unroll_zero_means_full_unroll_on_cpu_else_the_given_factor():
+    assert jax.default_backend() == "cpu"
+    assert rsrnet.scan_unroll(0, 12) == 12
+    assert rsrnet.scan_unroll(3, 12) == 3
+    assert rsrnet.build(rsrnet_config.get_config("quick").model).unroll == 12
+

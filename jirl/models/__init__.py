@@ -59,13 +59,22 @@ def get_spec(name: str) -> ModelSpec:
     return spec
 
 
-def from_config(module_cls: type, cfg: Any, dtype: Any, **overrides: Any) -> Any:
-    """`module_cls` with every field that `cfg` (a config.model ConfigDict) names, lists as tuples.
+# config.model keys that are not module fields: read by the registry and the pretrained loaders
+NON_MODULE_KEYS = ("name", "backbone_weights")
 
-    Keys of `cfg` that are not module fields (name, backbone_weights, ...) are left to others;
-    `overrides` replace values after a model-specific translation (e.g. an "auto" setting).
+
+def from_config(module_cls: type, cfg: Any, dtype: Any, **overrides: Any) -> Any:
+    """`module_cls` from `config.model`: every key is a module field (lists become tuples).
+
+    A key that is neither a field nor in NON_MODULE_KEYS is an error, so that a misspelt or
+    stale architecture key cannot be silently ignored. `overrides` replace values after a
+    model-specific translation (e.g. an "auto" setting).
     """
     fields = {f.name for f in dataclasses.fields(module_cls)} - {"parent", "name"}
+    unknown = sorted(set(cfg.keys()) - fields - set(NON_MODULE_KEYS))
+    if unknown:
+        raise ValueError(f"config.model has keys that {module_cls.__name__} does not take: "
+                         f"{unknown}; its fields are {sorted(fields - {'dtype'})}")
     kwargs = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in cfg.items()
               if k in fields}
     return module_cls(**{**kwargs, **overrides, "dtype": dtype})
