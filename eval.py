@@ -12,11 +12,11 @@ import sys
 import jax
 from absl import app, flags
 
+from jirl.models import build_model, init_model_variables
 from jirl.training import checkpoints as ckpt
 from jirl.training import cli, distributed
 from jirl.training import mesh as jmesh
 from jirl.training.evaluate import evaluate, format_table
-from jirl.training.loop import build_model, init_model_variables
 from jirl.training.steps import make_eval_step
 
 cli.define_flags()

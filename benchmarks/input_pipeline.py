@@ -21,8 +21,8 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jirl import data as jdata  # noqa: E402
+from jirl.models import build_model, init_model_variables  # noqa: E402
 from jirl.training import mesh as jmesh  # noqa: E402
-from jirl.training.loop import build_model, init_model_variables  # noqa: E402
 from jirl.training.optim import make_optimizer  # noqa: E402
 from jirl.training.state import create_train_state  # noqa: E402
 from jirl.training.steps import make_train_step  # noqa: E402

@@ -50,8 +50,8 @@ def measure(dtype: str) -> dict:
     import jax
     import numpy as np
 
+    from jirl.models import build_model, init_model_variables
     from jirl.training import mesh as jmesh
-    from jirl.training.loop import build_model, init_model_variables
     from jirl.training.optim import make_optimizer
     from jirl.training.state import create_train_state
     from jirl.training.steps import compile_step, make_train_step

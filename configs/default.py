@@ -7,10 +7,39 @@ import ml_collections
 
 
 def data_config() -> ml_collections.ConfigDict:
-    """The input pipeline's settings (jirl.data.pipeline); the embedded synthetic data by default."""
-    from jirl.data.pipeline import default_data_config
+    """The input pipeline's settings; the embedded synthetic data by default.
 
-    return default_data_config()
+    Plain data: `jirl.data` validates what it receives (unknown sources, splits, sizes).
+    """
+    d = ml_collections.ConfigDict()
+    d.source = "synthetic"  # synthetic | ihd | folder
+    # TFDS cache; None: $JIRL_DATA_DIR, else ~/.cache/jirl/tensorflow_datasets
+    d.data_dir = ml_collections.config_dict.placeholder(str)
+    # The embedded synthetic composites (source="synthetic").
+    d.image_size = 256
+    d.num_train = 2000
+    d.num_test = 200
+    d.synthetic_seed = 0
+    # Validation: a fixed share of the training split, grouped by real image (two composites of
+    # one photo never straddle train and validation), chosen by validation_seed.
+    d.validation_fraction = 0.1
+    d.validation_seed = 0
+    # iHarmony4 (source="ihd"): the TFDS config (le50, all, HAdobe5k, HCOCO, HFlickr, Hday2night)
+    # and the extracted download, read once to prepare the data into data_dir. strict_counts:
+    # refuse a full-looking copy whose le50 counts differ from 64,255 / 7,237 (default: warn).
+    d.ihd = ml_collections.ConfigDict({"config": "le50", "manual_dir": "", "strict_counts": False})
+    # Own data (source="folder"): directories of composites + masks (see jirl.data.folder).
+    d.folder = ml_collections.ConfigDict({"train": "", "test": ""})
+    # Model input: crop (train) / resize (eval) size and the ImageNet normalization.
+    d.crop_size = 224
+    d.mean = (0.485, 0.456, 0.406)
+    d.std = (0.229, 0.224, 0.225)
+    # Loading: num_workers=0 reads in this process (with num_threads prefetch threads);
+    # num_workers>0 uses that many Grain worker processes.
+    d.num_workers = 0
+    d.num_threads = 2
+    d.prefetch_batches = 2
+    return d
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -46,7 +75,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.init_from = ""  # an Orbax checkpoint directory to initialise params / BN statistics from
 
     c.eval = ml_collections.ConfigDict()
-    c.eval.split = "test"  # split used for validation during training and by eval.py
+    c.eval.split = "test"  # the split eval.py scores
+    # The split scored during training (logged as <split>/ap, f1, iou) that picks the best
+    # checkpoint: "val" (carved from train, see data_config); "test" reproduces the papers'
+    # protocol of selecting on the test split.
+    c.eval.validation_split = "val"
     c.eval.batch_size = 8
     c.eval.normalize = True  # the official protocol: min-max normalize each prediction
     c.eval.max_examples = -1  # -1 = the whole split

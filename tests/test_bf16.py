@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import dirl as dirl_config
-from jirl.training import loop
+from jirl.models import build_model, init_model_variables
 from jirl.training.optim import make_optimizer
 from jirl.training.state import create_train_state
 from jirl.training.steps import make_train_step
@@ -47,9 +47,9 @@ def steps():
     variables = None
     for dtype in ("float32", "bfloat16"):
         config = _config(dtype)
-        spec, model = loop.build_model(config)
+        spec, model = build_model(config)
         if variables is None:
-            variables = loop.init_model_variables(config, model)
+            variables = init_model_variables(config, model)
         state = create_train_state(model, make_optimizer(config.optimizer, 100), variables)
         new_state, logs = jax.jit(make_train_step(spec, config))(state, batch)
         outputs = jax.jit(lambda v, x, m=model: m.apply(v, x, train=False))(

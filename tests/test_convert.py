@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jirl.convert import ConversionError, load_state_dict
+from jirl.convert import ConversionError, backbones, load_state_dict
 from jirl.convert import dirl as convert
 from jirl.convert.mapping import assign
 from jirl.models import dirl
@@ -115,7 +115,7 @@ def test_backbone_fills_stages_1_to_4_only():
     tv["fc.weight"], tv["fc.bias"] = np.zeros((1000, 512)), np.zeros(1000)
     fresh = jax.device_get(jax.jit(lambda: model.init(
         jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3)), False))())
-    loaded = convert.backbone_variables(tv, fresh)
+    loaded = backbones.resnet34_variables(tv, fresh)
     for i in range(1, 5):
         jax.tree.map(np.testing.assert_array_equal, loaded["params"]["encoder"][f"encoder{i}"],
                      variables["params"]["encoder"][f"encoder{i}"])
@@ -218,7 +218,7 @@ def test_backbone_weights_config_loads_a_torchvision_file(torch, tmp_path):
     cfg.backbone_weights = str(tmp_path / "resnet34.pth")
     fresh = jax.device_get(jax.jit(lambda: model.init(
         jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3)), False))())
-    loaded = dirl.load_pretrained(fresh, cfg)
+    loaded = backbones.initialize("resnet34", fresh, cfg)
     jax.tree.map(np.testing.assert_array_equal, loaded["batch_stats"]["encoder"]["encoder3"],
                  variables["batch_stats"]["encoder"]["encoder3"])
     del tv["layer4.2.bn2.running_var"]
@@ -226,4 +226,4 @@ def test_backbone_weights_config_loads_a_torchvision_file(torch, tmp_path):
                tmp_path / "broken.pth")
     cfg.backbone_weights = str(tmp_path / "broken.pth")
     with pytest.raises(ConversionError, match="missing .*encoder4/block2/bn2/var"):
-        dirl.load_pretrained(fresh, cfg)
+        backbones.initialize("resnet34", fresh, cfg)

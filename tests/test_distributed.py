@@ -98,7 +98,7 @@ import jax
 import numpy as np
 import optax
 from jirl.training import mesh as jmesh
-from jirl.training.loop import build_model, init_model_variables
+from jirl.models import build_model, init_model_variables
 from jirl.training.state import create_train_state
 from jirl.training.steps import make_train_step
 

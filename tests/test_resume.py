@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from configs import dirl as dirl_config
+from jirl.models import build_model, init_model_variables
 from jirl.training import checkpoints as ckpt
 from jirl.training import loop
 
@@ -206,8 +207,8 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
         config.model.stem_features, config.model.ggd_ch = 4, 4
         config.model.stage_features = (4, 4, 8, 8, 8)
         config.data.crop_size = 32
-        spec, model = loop.build_model(config)
-        target = loop.init_model_variables(config, model)
+        spec, model = build_model(config)
+        target = init_model_variables(config, model)
         state = loop.create_train_state(model, loop.make_optimizer(config.optimizer, 4), target)
         model_items, train_items, meta = checkpointer.restore_latest(
             loop._model_items(state), loop._train_items(state))

@@ -132,7 +132,7 @@ def test_registry_and_configs():
     from configs import unet as unet_config
 
     spec = get_spec("unet")
-    assert spec is unet.SPEC and spec.load_pretrained is not None
+    assert spec is unet.SPEC and spec.backbone == "resnet34"
     full, quick, reference = (unet_config.get_config(), unet_config.get_config("quick"),
                               dirl_config.get_config("quick"))
     assert full.model.name == "unet" and (full.loss.lambda_ssim, full.loss.lambda_iou) == (0.0, 1.0)
@@ -199,12 +199,12 @@ def test_matches_the_official_forward_pass(official_shapes):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), b, rtol=2e-3, atol=1e-5),
                  after, expected)
     # torchvision resnet34 weights (`backbone_weights`) land where the official layers 1-4 do
-    from jirl.convert.dirl import backbone_variables
+    from jirl.convert.backbones import resnet34_variables
 
     official = {**weights, **stats["stored"]}
     resnet = {k.replace(f"downs.d{i}.", f"layer{i + 1}.", 1): v for k, v in official.items()
               for i in range(4) if k.startswith(f"downs.d{i}.")}
-    loaded = backbone_variables(resnet, target)
+    loaded = resnet34_variables(resnet, target)
     for c in ("params", "batch_stats"):
         for i in range(1, 5):
             jax.tree.map(np.testing.assert_array_equal, loaded[c]["encoder"][f"encoder{i}"],

@@ -29,8 +29,8 @@ def _load_config(path: str):
 def _write_converted(args: argparse.Namespace, name: str, load, source: dict) -> str:
     """Builds the --config model, fills its variables with `load(target)`, writes the checkpoint."""
     from jirl.convert.torch_io import ConversionError
+    from jirl.models import build_model, init_model_variables
     from jirl.training.checkpoints import write_model_checkpoint
-    from jirl.training.loop import build_model, init_model_variables
 
     if os.path.exists(args.out) and os.listdir(args.out):
         raise ConversionError(f"--out {args.out} exists and is not empty; choose a new directory")

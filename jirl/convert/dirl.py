@@ -1,4 +1,4 @@
-"""Official DIRL checkpoints and torchvision ResNet34 weights -> jirl DIRL variables.
+"""Official DIRL checkpoints -> jirl DIRL variables.
 
 Official keys (bcmi/DIRL-Inharmonious-Region-Localization, `InharmoniousEncoder` and
 `InharmoniousDecoder` state_dicts) map one to one onto jirl's module tree; conv kernels go from
@@ -35,14 +35,6 @@ DECODER_RULES = (
     (r"decoder_layers\.deconv\.decoder\.d(\d)\.conv5", r"decoder/ggd/d\1/conv5"),
 )
 
-# torchvision resnet34: layers 1-4 become encoder stages 1-4 (official `pretrained=True`);
-# its 7x7 stem and classifier have no counterpart in DIRL.
-BACKBONE_RULES = (
-    (rf"layer(\d)\.(\d+)\.{_BLOCK}", r"encoder/encoder\1/block\2/\3"),
-    (r"layer(\d)\.(\d+)\.downsample\.0", r"encoder/encoder\1/block\2/downsample_conv"),
-    (r"layer(\d)\.(\d+)\.downsample\.1", r"encoder/encoder\1/block\2/downsample_bn"),
-)
-BACKBONE_UNUSED = (r"(conv1|bn1)\.\w+", r"fc\.\w+")
 
 
 def _check_prefixes(sd: Mapping[str, np.ndarray], expected: str, what: str, path: str) -> None:
@@ -69,16 +61,3 @@ def load_official(encoder_path: str, decoder_path: str, target: Mapping) -> dict
     _check_prefixes(enc, "encoder", "encoder", encoder_path)
     _check_prefixes(dec, "trans.", "decoder", decoder_path)
     return dirl_variables(enc, dec, target)
-
-
-def backbone_variables(resnet_sd: Mapping[str, np.ndarray], target: Mapping,
-                       where: str = "torchvision resnet34") -> dict:
-    """`target` with encoder stages 1-4 replaced by torchvision ResNet34 layers 1-4."""
-    prefixes = [f"{c}/encoder/encoder{i}/" for c in ("params", "batch_stats") for i in range(1, 5)]
-    return assign(resnet_sd, target, BACKBONE_RULES, skip=BACKBONE_UNUSED,
-                  required_prefixes=prefixes, where=where)
-
-
-def load_backbone(path: str, target: Mapping) -> dict:
-    """Initializes encoder stages 1-4 from a torchvision `resnet34` state_dict file."""
-    return backbone_variables(load_state_dict(path), target, where=path)

@@ -1,6 +1,8 @@
 """Model registry: `config.model.name` -> the module `jirl.models.<name>` and its `SPEC`.
 
-A new system is one file here that defines `SPEC = ModelSpec(...)`, plus one config file.
+A new system is one file here that defines `build`, `objective`, `eval_masks` and
+`SPEC = ModelSpec(...)`, plus one config file. This package imports nothing from the data, training
+or conversion code: those depend on it, never the other way round.
 """
 
 from __future__ import annotations
@@ -11,6 +13,10 @@ import pkgutil
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
@@ -19,8 +25,9 @@ class ModelSpec:
     build(model_cfg, dtype) -> flax module whose __call__(image, train) returns a dict of outputs.
     objective(outputs, batch, loss_cfg) -> (scalar loss, dict of named scalars to log).
     eval_masks(outputs) -> {name: [B,H,W,1] probability mask} scored by eval.py.
-    load_pretrained(variables, model_cfg) -> variables: optional pretrained initialization
-        (e.g. an ImageNet backbone) applied to a fresh model before training.
+    backbone: the ImageNet backbone whose weights `config.model.backbone_weights` may name
+        ("resnet34": torchvision's ResNet34 fills encoder stages 1-4); None when there is none.
+        The loader lives in `jirl.convert.backbones`, not in the model files.
     primary_mask: the eval_masks entry that selects the best checkpoint and is logged as val/.
     """
 
@@ -28,7 +35,7 @@ class ModelSpec:
     build: Callable[..., Any]
     objective: Callable[..., Any]
     eval_masks: Callable[..., Any]
-    load_pretrained: Callable[..., Any] | None = None
+    backbone: str | None = None
     primary_mask: str = "mask"
 
 
@@ -78,3 +85,32 @@ def from_config(module_cls: type, cfg: Any, dtype: Any, **overrides: Any) -> Any
     kwargs = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in cfg.items()
               if k in fields}
     return module_cls(**{**kwargs, **overrides, "dtype": dtype})
+
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def compute_dtype(config: Any) -> Any:
+    """The compute dtype named by `config.dtype`, with a clear error for an unknown name."""
+    if config.dtype not in DTYPES:
+        raise ValueError(f"config.dtype={config.dtype!r}; use one of {sorted(DTYPES)}")
+    return DTYPES[config.dtype]
+
+
+def build_model(config: Any) -> tuple[ModelSpec, nn.Module]:
+    """The registered ModelSpec of `config.model.name` and the model built from `config.model`."""
+    spec = get_spec(config.model.name)
+    return spec, spec.build(config.model, dtype=compute_dtype(config))
+
+
+def init_variables(model: nn.Module, rng: jax.Array, image_shape: tuple[int, ...]) -> dict:
+    """{"params", "batch_stats"} of `model` initialized on a zero image batch of `image_shape`."""
+    variables = model.init(rng, jnp.zeros(image_shape, jnp.float32), train=False)
+    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+def init_model_variables(config: Any, model: nn.Module, seed: int | None = None) -> dict:
+    """Randomly initialized {"params", "batch_stats"} at the configured input size (jitted)."""
+    size = config.data.crop_size
+    rng = jax.random.PRNGKey(config.seed if seed is None else seed)
+    return jax.jit(lambda r: init_variables(model, r, (1, size, size, 3)))(rng)

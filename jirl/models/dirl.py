@@ -255,16 +255,7 @@ def eval_masks(outputs: dict) -> dict[str, Array]:
     return {"mask": outputs["mask"]}
 
 
-def load_pretrained(variables: dict, cfg: ml_collections.ConfigDict) -> dict:
-    """Encoder stages 1-4 from torchvision ResNet34 weights (`model.backbone_weights`), as the
-    official `resnet34(pretrained=True)`; the 3x3 stem and stage 5 keep their random init."""
-    path = cfg.get("backbone_weights", "")
-    if not path:
-        return variables
-    from jirl.convert.dirl import load_backbone  # needs torch, the optional extra
-
-    return load_backbone(path, jax.device_get(variables))
-
-
+# `backbone`: encoder stages 1-4 take torchvision ResNet34 weights (`model.backbone_weights`), as the
+# official `resnet34(pretrained=True)`; the 3x3 stem and stage 5 keep their random init.
 SPEC = ModelSpec(name="dirl", build=build, objective=objective, eval_masks=eval_masks,
-                 load_pretrained=load_pretrained)
+                 backbone="resnet34")

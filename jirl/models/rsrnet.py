@@ -15,8 +15,8 @@ Encoder and features
     1/8, 1/16 of the input. RSR runs on f4 (H/8, 512 channels at ResNet34 widths), as §3.2 says.
   * The style and content heads F_s, F_c are conv3x3 -> ReLU -> conv1x1, both `head_features`
     wide (256 in the paper). No BatchNorm in the heads or anywhere in RSR (see below).
-  * `load_pretrained` optionally initializes encoder stages 1-4 from torchvision ResNet34
-    (`model.backbone_weights`), as for DIRL and the UNet baseline.
+  * Encoder stages 1-4 can start from torchvision ResNet34 (`model.backbone_weights`, the
+    SPEC's `backbone`), as for DIRL and the UNet baseline.
 
 The RSR state and the mask (§3.2)
   * The state is (H, M) with M a *logit* map at H/8, M^0 = 0, updated residually,
@@ -99,7 +99,6 @@ import ml_collections
 
 from jirl import losses
 from jirl.models import ModelSpec, from_config
-from jirl.models.dirl import load_pretrained
 from jirl.models.layers import Conv2d, Dtype, resize_bilinear, stat_dtype
 from jirl.models.resnet import Encoder, check_image
 from jirl.models.unet import DoubleConv, Up
@@ -454,7 +453,6 @@ def eval_masks(outputs: dict) -> dict[str, Array]:
     return {"M_fnl": outputs["mask"], "M_rsr": outputs["mask_rsr"], "M_dec": outputs["mask_dec"]}
 
 
-# `load_pretrained`: encoder stages 1-4 from torchvision ResNet34 (`model.backbone_weights`); the
-# encoder is DIRL's and the UNet's, so DIRL's loader applies.
+# `backbone`: encoder stages 1-4 take torchvision ResNet34 weights (`model.backbone_weights`).
 SPEC = ModelSpec(name="rsrnet", build=build, objective=objective, eval_masks=eval_masks,
-                 load_pretrained=load_pretrained, primary_mask="M_fnl")
+                 backbone="resnet34", primary_mask="M_fnl")

@@ -32,7 +32,6 @@ import ml_collections
 
 from jirl import losses
 from jirl.models import ModelSpec, from_config
-from jirl.models.dirl import load_pretrained
 from jirl.models.layers import Conv2d, ConvBlock, Dtype, resize_bilinear, stat_dtype, upsample_bilinear2x
 from jirl.models.resnet import Encoder, check_image
 
@@ -146,7 +145,7 @@ def eval_masks(outputs: dict) -> dict[str, Array]:
     return {"mask": outputs["mask"]}
 
 
-# `load_pretrained`: encoder stages 1-4 from torchvision ResNet34 (`model.backbone_weights`), the
-# official `models.resnet34(True)`; the UNet's encoder has DIRL's layout, so DIRL's loader applies.
+# `backbone`: encoder stages 1-4 take torchvision ResNet34 weights (`model.backbone_weights`), the
+# official `models.resnet34(True)`.
 SPEC = ModelSpec(name="unet", build=build, objective=objective, eval_masks=eval_masks,
-                 load_pretrained=load_pretrained)
+                 backbone="resnet34")

@@ -9,45 +9,23 @@ import signal
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from tqdm import tqdm
 
 from jirl import data as jdata
-from jirl.models import ModelSpec, get_spec
+from jirl.convert import backbones
+from jirl.models import build_model, init_model_variables
 from jirl.training import checkpoints as ckpt
 from jirl.training import mesh as jmesh
 from jirl.training.evaluate import evaluate, format_table
 from jirl.training.optim import lr_schedule, make_optimizer
-from jirl.training.state import TrainState, create_train_state, init_variables
+from jirl.training.state import TrainState, create_train_state
 from jirl.training.steps import compile_step, make_eval_step, make_train_step
 from jirl.training.writers import MetricWriter
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when a training step produced a NaN or infinite loss or gradient."""
-
-
-def compute_dtype(config: ml_collections.ConfigDict):
-    """The compute dtype named by `config.dtype`, with a clear error for an unknown name."""
-    if config.dtype not in DTYPES:
-        raise ValueError(f"config.dtype={config.dtype!r}; use one of {sorted(DTYPES)}")
-    return DTYPES[config.dtype]
-
-
-def build_model(config: ml_collections.ConfigDict) -> tuple[ModelSpec, object]:
-    """The registered ModelSpec of `config.model.name` and the model built from `config.model`."""
-    spec = get_spec(config.model.name)
-    return spec, spec.build(config.model, dtype=compute_dtype(config))
-
-
-def init_model_variables(config: ml_collections.ConfigDict, model, seed: int | None = None) -> dict:
-    """Randomly initialized {"params", "batch_stats"} at the configured input size."""
-    size = config.data.crop_size
-    rng = jax.random.PRNGKey(config.seed if seed is None else seed)
-    return jax.jit(lambda r: init_variables(model, r, (1, size, size, 3)))(rng)
 
 
 class Schedule:
@@ -148,8 +126,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     elif config.init_from:
         state = state.replace(**ckpt.restore_model(config.init_from, _model_items(state)))
         tqdm.write(f"initialized params and BN statistics from {config.init_from}")
-    elif spec.load_pretrained is not None:
-        state = state.replace(**spec.load_pretrained(_model_items(state), config.model))
+    else:
+        state = state.replace(**backbones.initialize(spec.backbone, _model_items(state), config.model))
 
     repl = jmesh.replicated(mesh)
     state = jax.device_put(state, repl)

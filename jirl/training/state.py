@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
@@ -19,12 +17,6 @@ class TrainState(train_state.TrainState):
     def variables(self) -> dict:
         """The variables `apply_fn` takes in evaluation mode."""
         return {"params": self.params, "batch_stats": self.batch_stats}
-
-
-def init_variables(model: nn.Module, rng: jax.Array, image_shape: tuple[int, ...]) -> dict:
-    """Initializes a model on a zero image batch of `image_shape` ([B, H, W, 3])."""
-    variables = model.init(rng, jnp.zeros(image_shape, jnp.float32), train=False)
-    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
 def create_train_state(
