@@ -8,15 +8,18 @@ import pickle
 import chex
 import numpy as np
 import pytest
+from absl import flags
 from scipy import ndimage
 
+from configs.default import data_config
 from jirl import data
 from jirl.data import pipeline, synthetic, transforms
 from jirl.data.tfds_synthetic import SyntheticComposites, synthetic_builder
 
 SIZE = 48  # generated image size
 CROP = 40  # model input size (differs from SIZE so resizing is exercised)
-NUM_TRAIN = 12
+NUM_TRAIN = 13  # prepared; the default validation_fraction 0.1 holds round(1.3) = 1 out as "val"
+TRAIN = 12  # the "train" split the pipeline reads
 NUM_TEST = 5
 MEAN = np.array(pipeline.IMAGENET_MEAN, np.float32)
 STD = np.array(pipeline.IMAGENET_STD, np.float32)
@@ -24,7 +27,7 @@ STD = np.array(pipeline.IMAGENET_STD, np.float32)
 
 @pytest.fixture(scope="module")
 def data_cfg(tmp_path_factory):
-    cfg = data.default_data_config()
+    cfg = data_config()
     cfg.data_dir = str(tmp_path_factory.mktemp("tfds"))
     cfg.image_size = SIZE
     cfg.num_train = NUM_TRAIN
@@ -193,12 +196,85 @@ def test_load_source_rejects_unknown_source(data_cfg):
     cfg.source = "ihd"
     with pytest.raises(FileNotFoundError, match="data.ihd.manual_dir"):
         data.load_source(cfg, "train")
-    with pytest.raises(ValueError, match="split"):
+    with pytest.raises(ValueError, match="split 'validation' is unknown; use one of train, val, test"):
         data.load_source(data_cfg, "validation")
 
 
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("source", "nope", r"data.source='nope' is invalid: it must be one of synthetic, ihd, folder"),
+        ("crop_size", 0, r"data.crop_size=0 is invalid: it must be an int >= 1"),
+        ("crop_size", 2.5, r"data.crop_size=2.5 is invalid"),
+        (
+            "validation_fraction",
+            1.0,
+            r"data.validation_fraction=1.0 is invalid: it must be a number in \[0, 1\)",
+        ),
+        ("validation_fraction", -0.1, r"data.validation_fraction=-0.1 is invalid"),
+        ("validation_seed", -1, r"data.validation_seed=-1 is invalid"),
+        ("std", (1.0, 0.0, 1.0), r"data.std=\(1.0, 0.0, 1.0\) is invalid: it must be three numbers > 0"),
+        ("mean", (0.5, 0.5), r"data.mean=\(0.5, 0.5\) is invalid"),
+        ("num_workers", -1, r"data.num_workers=-1 is invalid"),
+        ("num_train", 0, r"data.num_train=0 is invalid: it must be an int >= 1"),
+        ("image_size", 8, r"data.image_size=8 is invalid: it must be an int >= 16"),
+    ],
+)
+def test_validate_data_config_names_the_bad_key(key, value, message, tmp_path):
+    cfg = data_config().to_dict()  # A plain dict takes any value (a ConfigDict is type-safe).
+    # Tiny and local, should a broken check let the pipeline prepare data.
+    cfg.update(data_dir=str(tmp_path), image_size=16, num_train=2, num_test=1)
+    data.validate_data_config(cfg)  # The defaults are valid.
+    cfg[key] = value
+    with pytest.raises(ValueError, match=message):
+        data.validate_data_config(cfg)
+    with pytest.raises(ValueError, match=message):  # The pipeline's entry points check it.
+        data.steps_per_epoch(cfg, 2)
+
+
+def test_validate_data_config_source_keys_and_missing_keys():
+    cfg = data_config()
+    del cfg["crop_size"]
+    with pytest.raises(
+        ValueError, match=r"data.crop_size is missing from the config; add it .*data_config\(\)"
+    ):
+        data.validate_data_config(cfg)
+    cfg = data_config().to_dict()
+    cfg["source"] = "ihd"
+    cfg["ihd"]["config"] = "le51"
+    with pytest.raises(ValueError, match=r"data.ihd.config='le51' is invalid: it must be one of le50, all, "):
+        data.load_source(cfg, "train")
+    cfg["ihd"]["config"] = "HCOCO"
+    cfg["ihd"]["strict_counts"] = "yes"
+    with pytest.raises(
+        ValueError, match=r"data.ihd.strict_counts='yes' is invalid: it must be True or False"
+    ):
+        data.validate_data_config(cfg)
+    del cfg["ihd"]["strict_counts"]
+    with pytest.raises(ValueError, match="data.ihd.strict_counts is missing"):
+        data.validate_data_config(cfg)
+    # Keys of other sources are not required.
+    cfg = data_config().to_dict()
+    cfg["source"] = "folder"
+    del cfg["num_train"], cfg["ihd"]
+    data.validate_data_config(cfg)
+    del cfg["folder"]["train"]
+    with pytest.raises(ValueError, match="data.folder.train is missing"):
+        data.validate_data_config(cfg)
+
+
+def test_public_names():
+    from jirl.data import composites, ihd_lists, images
+
+    assert all(hasattr(data, name) for name in data.__all__)
+    assert not hasattr(data, "default_data_config")  # defaults live in configs/default.py
+    assert data.load_rgb is images.load_rgb and data.BadImageError is images.BadImageError
+    assert callable(composites.load_triplet) and callable(ihd_lists.split_lists)
+    assert data.SPLITS == ("train", "val", "test")
+
+
 def test_default_data_dir(monkeypatch):
-    cfg = data.default_data_config()
+    cfg = data_config()
     monkeypatch.delenv("JIRL_DATA_DIR", raising=False)
     assert pipeline.resolve_data_dir(cfg).endswith(".cache/jirl/tensorflow_datasets")
     monkeypatch.setenv("JIRL_DATA_DIR", "/somewhere")
@@ -208,10 +284,13 @@ def test_default_data_dir(monkeypatch):
 
 
 def test_steps_per_epoch(data_cfg):
-    assert data.steps_per_epoch(data_cfg, 4) == NUM_TRAIN // 4
-    assert data.steps_per_epoch(data_cfg, 4, process_count=2) == NUM_TRAIN // 8
+    # The reduced train split (prepared train minus "val") sets the epoch.
+    assert len(data.load_source(data_cfg, "train")) == TRAIN
+    assert data.steps_per_epoch(data_cfg, 4) == TRAIN // 4 == 3
+    assert data.steps_per_epoch(data_cfg, 4, process_count=2) == TRAIN // 8
+    assert data.steps_per_epoch(data_cfg, TRAIN) == 1
     with pytest.raises(ValueError, match="global batch"):
-        data.steps_per_epoch(data_cfg, NUM_TRAIN + 1)
+        data.steps_per_epoch(data_cfg, TRAIN + 1)
 
 
 def check_batch(batch: dict, batch_size: int):
@@ -250,7 +329,7 @@ def test_train_batches_are_deterministic_and_epochs_differ(data_cfg):
     assert any(not np.array_equal(x["name"], y["name"]) for x, y in zip(a, c, strict=True))
     epochs = [np.concatenate([x["name"] for x in a[e * steps : (e + 1) * steps]]) for e in (0, 1)]
     for names in epochs:  # each epoch is a permutation of the whole (divisible) training set
-        assert sorted(names) == sorted(set(names)) and len(names) == NUM_TRAIN
+        assert sorted(names) == sorted(set(names)) and len(names) == TRAIN
     assert not np.array_equal(epochs[0], epochs[1])
 
 
@@ -309,25 +388,55 @@ def test_eval_resize_matches_direct_transform(data_cfg):
 
 
 def test_multiprocess_workers_match_in_process(data_cfg):
+    """Grain worker processes outside absl.app: same stream, and the caller's flags stay as they were."""
+    parsed = flags.FLAGS.is_parsed()
     cfg = data_cfg.copy_and_resolve_references()
     cfg.num_workers = 2
     with_workers = take(data.train_batches(cfg, batch_size=2, seed=0, start_step=3), 3)
     in_process = take(data.train_batches(data_cfg, batch_size=2, seed=0, start_step=3), 3)
     assert_batches_equal(with_workers, in_process)
+    assert flags.FLAGS.is_parsed() == parsed
+    assert not flags.FLAGS["grain_enable_multiprocess_worker_profiling"].present
 
 
 # ------------------------------------------------------------------------------------------------
 # Transforms.
 
 
-def test_resize_bilinear_matches_opencv_semantics():
-    x = np.array([[0.0, 1.0]], np.float32)[..., None]  # 1 x 2
-    up = transforms.resize_bilinear(x, 1, 4)[0, :, 0]
-    np.testing.assert_allclose(up, [0.0, 0.25, 0.75, 1.0])  # cv2.resize(INTER_LINEAR) values
-    down = transforms.resize_bilinear(np.arange(4, dtype=np.float32)[None, :, None], 1, 2)
-    np.testing.assert_allclose(down[0, :, 0], [0.5, 2.5])
+@pytest.mark.parametrize(
+    "shape, size",
+    [
+        ((7, 9), (17, 13)),  # 2-D, upscaling by non-integer ratios
+        ((23, 31), (10, 14)),  # 2-D, downscaling by non-integer ratios
+        ((7, 9, 3), (11, 20)),  # 3-channel, upscaling
+        ((29, 17, 3), (12, 7)),  # 3-channel, downscaling
+        ((13, 11, 3), (8, 19)),  # 3-channel, down in height, up in width
+    ],
+)
+def test_resize_bilinear_matches_opencv(shape, size):
+    """Against OpenCV itself (cv2.INTER_LINEAR: half-pixel centres, edge clamping, no antialiasing)."""
+    cv2 = pytest.importorskip("cv2")
+    height, width = size
+    image = np.random.default_rng(sum(shape)).uniform(0, 255, shape).astype(np.float32)
+    expected = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    ours = transforms.resize_bilinear(image if image.ndim == 3 else image[..., None], height, width)
+    chex.assert_shape(ours, (height, width, shape[2] if len(shape) == 3 else 1))
+    chex.assert_trees_all_close(ours.reshape(expected.shape), expected, atol=1e-5 * 255, rtol=1e-5)
+    # uint8, as the transforms resize photos: our float result rounded vs cv2's uint8 resize. cv2
+    # interpolates uint8 in fixed point (11-bit weights, rounded), so it may differ by one level.
+    pixels = np.random.default_rng(len(shape)).integers(0, 256, shape, dtype=np.uint8)
+    expected = cv2.resize(pixels, (width, height), interpolation=cv2.INTER_LINEAR).astype(np.int32)
+    ours = np.rint(
+        transforms.resize_bilinear(pixels if pixels.ndim == 3 else pixels[..., None], height, width)
+    )
+    assert np.abs(ours.reshape(expected.shape).astype(np.int32) - expected).max() <= 1
+
+
+def test_resize_bilinear_same_size_is_identity():
     image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(transforms.resize_bilinear(image, 5, 7), image)
+    out = transforms.resize_bilinear(image, 5, 7)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, image)
 
 
 def test_random_resized_crop_box_ranges():

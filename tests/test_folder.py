@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from configs.default import data_config
 from jirl import data
 from jirl.data import folder
 
@@ -106,7 +107,7 @@ def test_no_readable_examples_raises(tmp_path):
 
 
 def test_pipeline_folder_batches(tmp_path):
-    cfg = data.default_data_config()
+    cfg = data_config()
     assert cfg.folder.train == "" and cfg.folder.test == ""
     cfg.source = "folder"
     cfg.crop_size = 16

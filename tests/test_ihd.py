@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import pickle
 
@@ -12,8 +13,9 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image, ImageFile
 
+from configs.default import data_config
 from jirl import data
-from jirl.data import ihd
+from jirl.data import ihd, ihd_lists, images
 
 H, W = 24, 32
 SUBSETS = {"HAdobe5k": "a", "HCOCO": "c", "HFlickr": "f", "Hday2night": "d"}
@@ -212,7 +214,9 @@ def test_builder_is_registered_with_configs():
     assert "composite_images" in builder_cls.MANUAL_DOWNLOAD_INSTRUCTIONS
     for c in builder_cls.BUILDER_CONFIGS[2:]:
         assert "le50" in c.description and c.subsets == (c.name,)
+    assert tuple(names) == ihd_lists.CONFIG_NAMES  # what validate_data_config accepts
     assert (ihd.IHarmony4.EXPECTED_LE50_TRAIN, ihd.IHarmony4.EXPECTED_LE50_TEST) == (64255, 7237)
+    assert str(builder_cls.VERSION) == "1.1.0" and "le50_train.txt" in builder_cls.RELEASE_NOTES["1.1.0"]
 
 
 def test_le50_counts_and_rule(le50):
@@ -224,7 +228,7 @@ def test_le50_counts_and_rule(le50):
         assert (0.5 in fractions) == (split == "train")  # exactly 50 % is kept
     assert le50.info.splits["train"].num_examples == LE50["train"]
     assert le50.info.file_format.value == "array_record"
-    assert le50.data_dir.endswith(os.path.join("ihd", "le50", "1.0.0"))
+    assert le50.data_dir.endswith(os.path.join("ihd", "le50", "1.1.0"))
 
 
 def test_features(le50, raw_subset_lists):
@@ -276,6 +280,8 @@ def test_report_names_every_skipped_and_converted_file(le50):
     assert len(converted) == 6
     assert train["num_examples"] == LE50["train"]
     assert train["num_filtered_by_mask_fraction"] == 4 * 2
+    assert train["list_policy"] == "per-subset / IHD lists, masks covering <= 50%"
+    assert train["count_check"] == {"expected": 14, "kept": 14, "skipped_examples": 4, "status": "match"}
     test = read_report(le50, "test")
     skipped = {item["file"]: item["reason"] for item in test["skipped"]}
     assert set(skipped) == {
@@ -309,25 +315,48 @@ def test_root_lists_and_preference_for_subset_lists(raw_root_lists, tmp_path):
         report = read_report(builder, split)
         assert report["lists"]["HCOCO"] == os.path.join("HCOCO", f"HCOCO_{split}.txt")
         assert report["lists"]["HFlickr"] == f"IHD_{split}.txt"
+        assert report["list_policy"] == "per-subset / IHD lists, masks covering <= 50%"
         assert report["duplicate_list_entries"] == 1
         assert not any("c99" in item["file"] for item in report["skipped"])
         assert len(report["skipped"]) == SKIPPED[split]
 
 
-def test_full_count_mismatch_raises(raw_subset_lists, tmp_path):
-    counts = {"train": LE50["train"] + SKIPPED["train"] + 1, "test": LE50["test"]}
-    with pytest.raises(ValueError, match=r"le50 train: 14 examples .* full dataset has 19"):
-        prepare(tmp_path, raw_subset_lists, "le50", counts=counts)
-    assert not tfds.builder("ihd/le50", data_dir=str(tmp_path)).is_prepared()
-    # The real constants against the miniature tree: a mismatch too.
-    with pytest.raises(ValueError, match="64255"):
-        prepare(tmp_path / "real_constants", raw_subset_lists, "le50")
-
-
-def test_count_shortfall_explained_by_skipped_files_passes(raw_subset_lists, tmp_path):
-    counts = {"train": LE50["train"] + 2, "test": LE50["test"] + 1}
-    builder = prepare(tmp_path, raw_subset_lists, "le50", counts=counts)
+def test_count_mismatch_warns_and_reports(raw_subset_lists, tmp_path, caplog):
+    """All four subsets present, counts differ: prepared anyway, with a warning and a report field."""
+    counts = {"train": LE50["train"] + 5, "test": LE50["test"]}
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        builder = prepare(tmp_path, raw_subset_lists, "le50", counts=counts)
     assert len(builder.as_data_source(split="train")) == LE50["train"]
+    check = read_report(builder, "train")["count_check"]
+    assert check == {
+        "expected": LE50["train"] + 5,
+        "kept": LE50["train"],
+        "skipped_examples": 4,
+        "status": "mismatch",
+    }
+    assert read_report(builder, "test")["count_check"]["status"] == "match"
+    warnings = [r.getMessage() for r in caplog.records if "full dataset's le50 split has" in r.getMessage()]
+    assert len(warnings) == 1 and "strict_counts=True" in warnings[0] and "train: 14 examples" in warnings[0]
+
+
+def test_strict_counts_refuses_a_mismatch(raw_subset_lists, tmp_path):
+    counts = {"train": LE50["train"] + 5, "test": LE50["test"]}
+    builder = tfds.builder("ihd/le50", data_dir=str(tmp_path), strict_counts=True)
+    assert builder.strict_counts and pickle.loads(pickle.dumps(builder)).strict_counts
+    with (
+        pytest.MonkeyPatch.context() as mp,
+        pytest.raises(ValueError, match=r"le50 train: 14 examples.* has 19"),
+    ):
+        mp.setattr(ihd.IHarmony4, "EXPECTED_LE50_TRAIN", counts["train"])
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=str(raw_subset_lists))
+        )
+    assert not tfds.builder("ihd/le50", data_dir=str(tmp_path)).is_prepared()  # nothing half-written
+    # The real constants against the miniature tree: a mismatch too; the helper takes the flag.
+    with pytest.raises(ValueError, match="64,255"):
+        data.ihd_builder(str(tmp_path / "real"), manual_dir=str(raw_subset_lists), strict_counts=True)
+    with pytest.raises(TypeError, match="strict_counts must be a bool"):
+        ihd.IHarmony4(data_dir=str(tmp_path), strict_counts="yes")
 
 
 def test_partial_copy_skips_the_count_check(raw_subset_lists, tmp_path):
@@ -337,18 +366,30 @@ def test_partial_copy_skips_the_count_check(raw_subset_lists, tmp_path):
         os.symlink(raw_subset_lists / subset, partial / subset)
     builder = prepare(tmp_path / "tfds", partial, "le50")  # Real constants: no check.
     assert len(builder.as_data_source(split="train")) == 2 + 2 + 2 + 2
+    check = read_report(builder, "train")["count_check"]
+    assert check["status"] == "not checked" and "HAdobe5k, Hday2night" in check["reason"]
 
 
 def test_pipeline_ihd_batches(le50, raw_subset_lists):
-    cfg = data.default_data_config()
+    cfg = data_config()
     assert cfg.ihd.config == "le50" and cfg.ihd.manual_dir == ""
     cfg.source = "ihd"
     cfg.data_dir = os.path.dirname(os.path.dirname(os.path.dirname(le50.data_dir)))
     cfg.crop_size = 16
-    assert data.steps_per_epoch(cfg, 4) == LE50["train"] // 4
+    # "train" is the prepared train split minus "val" (whole real-image groups: here 2 composites).
+    val = data.load_source(cfg, "val")
+    num_val = len(val)
+    assert num_val == 2 and data.num_eval_batches(cfg, "val", batch_size=3) == 1
+    train = data.load_source(cfg, "train")
+
+    def reals(source) -> set:
+        return {(ex["subset"], ex["name"].split(b"_")[0]) for ex in (source[i] for i in range(len(source)))}
+
+    assert len(reals(val)) == 1 and not reals(val) & reals(train)  # one real image's two composites
+    assert data.steps_per_epoch(cfg, 4) == (LE50["train"] - num_val) // 4
     # Grain worker processes unpickle the data source (which re-creates the builder).
     source = pickle.loads(pickle.dumps(data.load_source(cfg, "train")))
-    assert len(source) == LE50["train"] and source[0]["composite"].shape == (H, W, 3)
+    assert len(source) == LE50["train"] - num_val and source[0]["composite"].shape == (H, W, 3)
     batch = next(data.train_batches(cfg, batch_size=4, seed=0))
     assert batch["image"].shape == (4, 16, 16, 3) and batch["image"].dtype == np.float32
     assert batch["mask"].shape == (4, 16, 16, 1) and set(np.unique(batch["mask"])) <= {0.0, 1.0}
@@ -364,7 +405,7 @@ def test_pipeline_ihd_batches(le50, raw_subset_lists):
 
 
 def test_pipeline_ihd_prepares_from_manual_dir_and_explains_missing_download(raw_subset_lists, tmp_path):
-    cfg = data.default_data_config()
+    cfg = data_config()
     cfg.source = "ihd"
     cfg.data_dir = str(tmp_path / "tfds")
     with pytest.raises(FileNotFoundError, match="data.ihd.manual_dir"):
@@ -389,17 +430,17 @@ def test_load_rgb_and_mask_conversions(tmp_path):
     rgb = _rgb(1)
     path = tmp_path / "x.png"
     Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg")
-    assert ihd.load_rgb(tmp_path / "cmyk.jpg").conversions == ["CMYK->RGB"]
+    assert images.load_rgb(tmp_path / "cmyk.jpg").conversions == ["CMYK->RGB"]
     Image.fromarray(rgb).save(path)
-    loaded = ihd.load_rgb(path)
+    loaded = images.load_rgb(path)
     assert loaded.conversions == [] and loaded.original == path.read_bytes()
     grey = np.zeros((H, W), np.uint8)
     grey[:, :5] = 200
     grey[:, 5:8] = 100
     Image.fromarray(grey).convert("RGB").save(path)
-    mask = ihd.load_mask(path)
+    mask = images.load_mask(path)
     assert mask.array.shape == (H, W, 1) and set(np.unique(mask.array)) == {0, 255}
     assert (mask.array[..., 0] > 0).sum() == 5 * H  # > 127 only
     assert any("binarized" in c for c in mask.conversions)
-    with pytest.raises(ihd.BadImageError, match="missing"):
-        ihd.load_rgb(tmp_path / "nope.jpg")
+    with pytest.raises(images.BadImageError, match="missing"):
+        images.load_rgb(tmp_path / "nope.jpg")

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import sys
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
-from PIL import Image
 
-IMAGE_FORMATS = ("png", "jpeg")
+from jirl.data.images import IMAGE_FORMATS, encode_image
+
+__all__ = ["IMAGE_FORMATS", "ArrayRecordBuilder", "composite_features", "encode_image"]
 
 
 def composite_features(image_format: str = "png") -> tfds.features.FeaturesDict:
@@ -32,26 +32,6 @@ def composite_features(image_format: str = "png") -> tfds.features.FeaturesDict:
             "mask_fraction": tfds.features.Scalar(dtype=np.float32),
         }
     )
-
-
-def encode_image(array: np.ndarray, image_format: str = "png") -> io.BytesIO:
-    """Encodes a uint8 [H, W, C] array (C = 1 or 3) with PIL.
-
-    TFDS can only encode numpy arrays with TensorFlow; encoded file objects keep builders TF-free.
-    """
-    array = np.asarray(array)
-    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] not in (1, 3):
-        raise ValueError(f"expected a uint8 [H, W, 1|3] array, got {array.dtype} {array.shape}")
-    image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
-    buffer = io.BytesIO()
-    if image_format == "png":
-        image.save(buffer, format="PNG", compress_level=1)
-    elif image_format == "jpeg":
-        image.save(buffer, format="JPEG", quality=95)
-    else:
-        raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
-    buffer.seek(0)
-    return buffer
 
 
 class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):

@@ -9,9 +9,12 @@ Two layouts are recognised:
 Without a real image the composite stands in for it. Records have the keys of the TFDS data
 sources (``composite``/``real`` uint8 [H, W, 3], ``mask`` uint8 [H, W, 1] in {0, 255}, ``subset``
 (the folder's name), ``name`` (the composite's file name), ``mask_fraction``) and go through the
-same transforms. Images are decoded lazily with PIL under the conversion rules of
-``jirl.data.ihd``; every file is checked once at index time and unusable examples are left out
-with a warning that lists them.
+same transforms. Images are decoded lazily under the rules of ``jirl.data.images`` (EXIF
+orientation applied, grey/RGBA/16-bit converted); every file is checked once at index time and
+unusable examples are left out with a warning that lists them.
+
+A validation split is carved from a folder like from any source (``jirl.data.splits``): composites
+of one real image (iHarmony naming) stay together; in the flat layout every composite has its own.
 """
 
 from __future__ import annotations
@@ -24,16 +27,14 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from jirl.data.ihd import (
+from jirl.data.composites import load_triplet, real_image_key, related_stems
+from jirl.data.images import (
     IMAGE_EXTENSIONS,
     MASK_EXTENSIONS,
     BadImageError,
     find_with_extensions,
-    load_triplet,
-    related_stems,
+    is_image_file,
 )
-
-_IMAGE_SUFFIXES = {ext.lower() for ext in IMAGE_EXTENSIONS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,14 +45,10 @@ class _Entry:
     real: str | None
 
 
-def _is_image(path: epath.Path) -> bool:
-    return path.is_file() and path.suffix.lower() in _IMAGE_SUFFIXES and not path.name.startswith(".")
-
-
 def _ihd_entries(root: epath.Path, problems: list[str]) -> list[_Entry]:
     entries = []
     real_dir = root / "real_images"
-    for path in sorted(p for p in (root / "composite_images").iterdir() if _is_image(p)):
+    for path in sorted(p for p in (root / "composite_images").iterdir() if is_image_file(p)):
         try:
             mask_stem, real_stem = related_stems(path.name)
         except BadImageError as e:
@@ -73,7 +70,7 @@ def _ihd_entries(root: epath.Path, problems: list[str]) -> list[_Entry]:
 
 
 def _flat_entries(root: epath.Path, problems: list[str]) -> list[_Entry]:
-    files = sorted(p for p in root.iterdir() if _is_image(p))
+    files = sorted(p for p in root.iterdir() if is_image_file(p))
     stems = {p.stem for p in files}
     entries = []
     for path in files:
@@ -91,6 +88,17 @@ def _flat_entries(root: epath.Path, problems: list[str]) -> list[_Entry]:
     return entries
 
 
+_LOG_LIMIT = 20
+
+
+def _capped(lines: list[str]) -> str:
+    """The first _LOG_LIMIT lines (FolderSource.skipped / .converted keep them all)."""
+    shown = lines[:_LOG_LIMIT]
+    if len(lines) > _LOG_LIMIT:
+        shown.append(f"... and {len(lines) - _LOG_LIMIT} more")
+    return "\n  ".join(shown)
+
+
 class FolderSource(Sequence):
     """Random-access examples of one folder (see the module doc)."""
 
@@ -100,6 +108,7 @@ class FolderSource(Sequence):
             raise FileNotFoundError(f"data folder {directory!r} is not a directory")
         self.directory = os.fspath(root)
         self.subset = subset or root.name
+        self.cache_key: tuple = (self.directory, id(self))  # folder_source: (directory, mtimes)
         problems: list[str] = []
         if (root / "composite_images").is_dir():
             self.layout = "ihd"
@@ -123,10 +132,10 @@ class FolderSource(Sequence):
                 "data folder %s: skipped %d unusable file(s):\n  %s",
                 self.directory,
                 len(problems),
-                "\n  ".join(problems),
+                _capped(problems),
             )
         if converted:
-            logging.info("data folder %s: converted on load:\n  %s", self.directory, "\n  ".join(converted))
+            logging.info("data folder %s: converted on load:\n  %s", self.directory, _capped(converted))
         self.skipped = problems
         self.converted = converted
         if not self._entries:
@@ -145,6 +154,16 @@ class FolderSource(Sequence):
             subset=self.subset,
             name=entry.name,
         )
+
+    def record_keys(self) -> list[tuple[str, str]]:
+        """(subset, name) of every example, in order (no decoding)."""
+        return [(self.subset, entry.name) for entry in self._entries]
+
+    def group_keys(self) -> list[str]:
+        """The real image of every example: iHarmony naming groups by ``a``; flat names are their own."""
+        if self.layout == "ihd":
+            return [real_image_key(self.subset, entry.name) for entry in self._entries]
+        return [f"{self.subset}/{entry.name}" for entry in self._entries]
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -197,5 +216,6 @@ def folder_source(directory: str) -> FolderSource:
     source = _CACHE.get(key)
     if source is None:
         source = FolderSource(root)
+        source.cache_key = key
         _CACHE[key] = source
     return source

@@ -14,6 +14,7 @@ import tensorflow_datasets as tfds
 
 from jirl.data import synthetic
 from jirl.data.features import ArrayRecordBuilder, composite_features, encode_image
+from jirl.data.record_index import write_record_index
 
 
 class _QuietCustomConfig(logging.Filter):
@@ -99,8 +100,10 @@ class SyntheticComposites(ArrayRecordBuilder):
 
     def _generate_examples(self, split: str, count: int):
         cfg = self.builder_config
+        keys = []
         for index in range(count):
             ex = synthetic.generate_example(split, index, image_size=cfg.image_size, seed=cfg.seed)
+            keys.append((ex["subset"], ex["name"]))
             yield (
                 index,
                 {
@@ -112,6 +115,9 @@ class SyntheticComposites(ArrayRecordBuilder):
                     "mask_fraction": ex["mask_fraction"],
                 },
             )
+        # (subset, name) of every record for the validation split; data prepared before it was
+        # written gets it from the records (jirl.data.record_index).
+        write_record_index(self.data_dir, split, keys)
 
 
 def synthetic_builder(
