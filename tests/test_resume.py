@@ -125,6 +125,10 @@ def test_sigkill_and_restart_reproduce_the_loss_trajectory_bit_for_bit(root, ref
     assert sorted(got) == list(range(1, STEPS + 1))
     diff = {s: (want[s], got[s]) for s in want if want[s] != got[s]}
     assert not diff, f"killed at {killed_at}, resumed at {resumed_at}: differing steps {diff}"
+    # one record per logged step: the steps the killed run logged past its checkpoint are not
+    # left beside the resumed run's records
+    steps = [r["step"] for r in _records(workdir) if "loss" in r]
+    assert steps == list(range(1, STEPS + 1)), (killed_at, resumed_at, steps)
 
 
 def test_sigterm_saves_a_checkpoint_at_the_current_step_and_exits_cleanly(root, reference):

@@ -8,11 +8,47 @@ from collections.abc import Mapping
 
 import jax
 
+METRICS_FILE = "metrics.jsonl"
+
+
+def truncate_records(path: str, last_step: int) -> int:
+    """Drops the records of `path` (JSON lines) whose step is past `last_step`; returns how many.
+
+    A run killed after its last checkpoint has logged steps that the resumed run logs again:
+    without this, `metrics.jsonl` would hold two records for those steps. A line cut short by the
+    kill is dropped too. The file is rewritten atomically (temporary file, then rename).
+    """
+    if not os.path.exists(path):
+        return 0
+    kept, dropped = [], 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                dropped += 1
+                continue
+            if int(record.get("step", 0)) > last_step:
+                dropped += 1
+            else:
+                kept.append(json.dumps(record) + "\n")
+    if dropped:
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+    return dropped
+
 
 class MetricWriter:
-    """Writes `{name: scalar}` records to `<workdir>/metrics.jsonl` and TensorBoard event files."""
+    """Writes `{name: scalar}` records to `<workdir>/metrics.jsonl` and TensorBoard event files.
 
-    def __init__(self, workdir: str, enabled: bool | None = None):
+    `resume_step`: the step training starts from. Records and TensorBoard events past it, left by
+    an interrupted run, are dropped (TensorBoard's `purge_step`), so that there is exactly one
+    record per logged step.
+    """
+
+    def __init__(self, workdir: str, enabled: bool | None = None, resume_step: int = 0):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self._tb = None
         self._jsonl = None
@@ -20,8 +56,10 @@ class MetricWriter:
             os.makedirs(workdir, exist_ok=True)
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+            path = os.path.join(workdir, METRICS_FILE)
+            truncate_records(path, resume_step)
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1)
+            self._jsonl = open(path, "a", encoding="utf-8")
 
     def write(self, step: int, scalars: Mapping[str, float], prefix: str = "") -> None:
         """One record: {"step": step, **scalars} (names prefixed with `prefix`)."""
