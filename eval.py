@@ -45,13 +45,13 @@ def main(argv):
     config = FLAGS.config
     workdir = cli.workdir()
     spec, model = build_model(config)
+    mesh = jmesh.make_mesh()
     target = jax.eval_shape(lambda: init_model_variables(config, model))
     try:
         step_dir = ckpt.resolve_checkpoint(FLAGS.checkpoint or workdir)
-        variables = ckpt.restore_model(step_dir, target)
+        variables = ckpt.restore_model(step_dir, target, mesh=mesh, model_cfg=config.model)
     except ckpt.CheckpointError as e:
         sys.exit(f"eval.py: {e}")
-    mesh = jmesh.make_mesh()
     eval_step = jax.jit(make_eval_step(spec, config, model.apply))
     split = FLAGS.split or config.eval.split
     mask_dir = os.path.join(workdir, "masks") if FLAGS.save_masks else None

@@ -4,9 +4,12 @@ Resumes automatically from the newest checkpoint in the workdir. Overrides: --co
 e.g. --config.batch_size=16 --config.num_train_steps=1000 --config.data.crop_size=256.
 """
 
+import sys
+
 from absl import app, flags, logging
 
 from jirl.training import cli, distributed
+from jirl.training.checkpoints import CheckpointError
 from jirl.training.loop import log_summary, train_and_evaluate
 
 cli.define_flags()
@@ -21,7 +24,10 @@ def main(argv):
     cli.quiet_libraries()
     workdir = cli.workdir()
     logging.info("workdir: %s", workdir)
-    results = train_and_evaluate(FLAGS.config, workdir)
+    try:
+        results = train_and_evaluate(FLAGS.config, workdir)
+    except CheckpointError as e:  # an unusable --config.init_from or workdir checkpoint
+        sys.exit(f"train.py: {e}")
     print(log_summary(results))
 
 

@@ -21,6 +21,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh
+
+from jirl.training import mesh as jmesh
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +45,19 @@ def _manager(directory: str, max_to_keep: int, read_only: bool = False) -> ocp.C
     )
 
 
-def _abstract(tree: Any) -> Any:
-    """Restore targets; leaves without a sharding are placed on this process's first device, so
-    a checkpoint written by N processes restores in a different topology (e.g. one host)."""
-    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+def replicated_target(tree: Any, mesh: Mesh | None = None) -> Any:
+    """Restore targets for `tree` (arrays or ShapeDtypeStructs): every leaf replicated over `mesh`.
+
+    Params, BN statistics and optimizer state are replicated on every device of the data mesh, so
+    they restore straight onto it, on one device or many, in one process or several (each process
+    reads what its devices hold), whatever topology wrote the checkpoint. `mesh` defaults to the
+    mesh over all devices that training and evaluation use (`jirl.training.mesh.make_mesh`).
+    """
+    sharding = jmesh.replicated(jmesh.make_mesh() if mesh is None else mesh)
 
     def leaf(x):
-        s = ocp.utils.to_shape_dtype_struct(x if hasattr(x, "shape") else jnp.asarray(x))
-        if getattr(s, "sharding", None) is None:
-            s = jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=local)
-        return s
+        x = x if hasattr(x, "shape") else jnp.asarray(x)
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
     return jax.tree.map(leaf, tree)
 
@@ -94,17 +100,19 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 
-    def restore_latest(self, model_target: dict, train_target: dict) -> tuple[dict, dict, dict] | None:
+    def restore_latest(self, model_target: dict, train_target: dict, mesh: Mesh | None = None
+                       ) -> tuple[dict, dict, dict] | None:
         """(model, train, meta) of the newest readable checkpoint, or None when there is none.
 
-        A checkpoint that fails to restore is skipped, with a warning, in favour of an older one.
-        When checkpoints exist but none is readable, raises CheckpointError instead of silently
-        starting over (that is a changed model config or a bug, not an interrupted save).
+        Arrays come back replicated over `mesh` (see `replicated_target`). A checkpoint that fails
+        to restore is skipped, with a warning, in favour of an older one. When checkpoints exist
+        but none is readable, raises CheckpointError instead of silently starting over (that is a
+        changed model config or a bug, not an interrupted save).
         """
         # built outside the try: a bad target is a bug to raise, not an unreadable checkpoint
         args = ocp.args.Composite(
-            model=ocp.args.StandardRestore(_abstract(model_target)),
-            train=ocp.args.StandardRestore(_abstract(train_target)),
+            model=ocp.args.StandardRestore(replicated_target(model_target, mesh)),
+            train=ocp.args.StandardRestore(replicated_target(train_target, mesh)),
             meta=ocp.args.JsonRestore(),
         )
         errors = []
@@ -180,20 +188,49 @@ def read_meta(step_dir: str) -> dict:
     return {}
 
 
-def restore_model(path: str, target: dict) -> dict:
-    """Restores {"params", "batch_stats"} from `path` shaped like `target`.
+def check_model_name(meta: dict, model_name: str | None, where: str) -> None:
+    """Raises CheckpointError when the checkpoint's meta names another model than the config."""
+    stored = meta.get("model")
+    if model_name and stored and stored != model_name:
+        raise CheckpointError(
+            f"checkpoint {where} is a {stored} checkpoint; the config builds {model_name}: pass "
+            f"the config it was trained with (e.g. --config configs/{stored}.py) or a {model_name} "
+            f"checkpoint")
 
-    Raises CheckpointError listing missing / unexpected / mis-shaped entries when the checkpoint
-    does not fit the configured model.
+
+def _config_differences(meta: dict, model_cfg: Any) -> list[str]:
+    """`config.model` keys whose value differs between the checkpoint's meta and `model_cfg`."""
+    stored = (meta.get("config") or {}).get("model") or {}
+    if not stored or model_cfg is None:
+        return []
+    now = json.loads(model_cfg.to_json_best_effort()) if hasattr(model_cfg, "to_json_best_effort") \
+        else dict(model_cfg)
+    return [f"  config.model.{k}: checkpoint {stored.get(k)!r} vs config {now.get(k)!r}"
+            for k in sorted(set(stored) | set(now)) if stored.get(k) != now.get(k)]
+
+
+def restore_model(path: str, target: dict, *, mesh: Mesh | None = None,
+                  model_cfg: Any = None) -> dict:
+    """Restores {"params", "batch_stats"} from `path` shaped like `target`, replicated over `mesh`.
+
+    The one restore path of train.py (`init_from`), eval.py, the converters' round trips and
+    inference: variables land on every device of `mesh` (default: all devices), ready for a
+    jitted step whose batch is sharded over that mesh. `model_cfg` (the configured
+    `config.model`) lets the errors name the model and the settings the checkpoint was made
+    with. Raises CheckpointError when the checkpoint is of another model, or lists missing /
+    unexpected / mis-shaped entries when it does not fit the configured model.
     """
     step_dir = resolve_checkpoint(path)
+    meta = read_meta(step_dir)
+    if model_cfg is not None:
+        check_model_name(meta, model_cfg.get("name"), step_dir)
     ckptr = ocp.StandardCheckpointer()
     try:
         stored = ckptr.metadata(os.path.join(step_dir, "model"))
         stored_tree = getattr(stored, "item_metadata", stored)
         stored_tree = getattr(stored_tree, "tree", stored_tree)
-        check_tree_matches(stored_tree, target, step_dir)
-        return ckptr.restore(os.path.join(step_dir, "model"), _abstract(target))
+        check_tree_matches(stored_tree, target, step_dir, _config_differences(meta, model_cfg))
+        return ckptr.restore(os.path.join(step_dir, "model"), replicated_target(target, mesh))
     finally:
         ckptr.close()
 
@@ -203,8 +240,8 @@ def _flat(tree: Any) -> dict[str, tuple]:
     return {jax.tree_util.keystr(k): tuple(getattr(v, "shape", ())) for k, v in flat}
 
 
-def check_tree_matches(stored: Any, target: Any, where: str) -> None:
-    """Raises CheckpointError naming every missing, unexpected and mis-shaped leaf."""
+def check_tree_matches(stored: Any, target: Any, where: str, hints: list[str] | None = None) -> None:
+    """Raises CheckpointError naming every missing, unexpected and mis-shaped leaf (and `hints`)."""
     have, want = _flat(stored), _flat(target)
     missing = sorted(set(want) - set(have))
     unexpected = sorted(set(have) - set(want))
@@ -215,5 +252,8 @@ def check_tree_matches(stored: Any, target: Any, where: str) -> None:
         lines += [f"  unexpected: {k}" for k in unexpected[:20]]
         lines += [f"  shape mismatch: {k}: checkpoint {have[k]} vs model {want[k]}"
                   for k in shapes[:20]]
+        if hints:
+            lines.append("the checkpoint was made with other model settings:")
+            lines += hints
         lines.append("check --config.model.* against the model the checkpoint was trained with")
         raise CheckpointError("\n".join(lines))

@@ -9,6 +9,7 @@ import jax
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
+from jax.sharding import PartitionSpec
 from PIL import Image
 from tqdm import tqdm
 
@@ -31,6 +32,14 @@ def _to_host(x: jax.Array) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+def _local_rows(x: jax.Array, mesh: jax.sharding.Mesh) -> np.ndarray:
+    """This process's rows of a batch-sharded global array: the rows its input batch held."""
+    if jax.process_count() == 1:
+        return np.asarray(jax.device_get(x))
+    local = multihost_utils.global_array_to_host_local_array(x, mesh, PartitionSpec(jmesh.DATA_AXIS))
+    return np.asarray(local)
+
+
 def _gather_strings(names: np.ndarray, width: int = 256) -> np.ndarray:
     if jax.process_count() == 1:
         return names
@@ -51,6 +60,13 @@ def _save_png(path: str, mask: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def _save_masks(directory: str, masks: np.ndarray, names: np.ndarray, valid: np.ndarray) -> None:
+    """Writes `masks[i]` as `<directory>/<stem of names[i]>.png` for every valid row."""
+    for i in np.flatnonzero(valid):
+        stem = os.path.splitext(os.path.basename(str(names[i])))[0]
+        _save_png(os.path.join(directory, stem + ".png"), masks[i])
+
+
 def evaluate(
     config: ml_collections.ConfigDict,
     eval_step: Callable,
@@ -64,7 +80,8 @@ def evaluate(
     """Scores every mask the model outputs on `split`.
 
     Returns {mask name: {"all": {"ap", "f1", "iou", "count"}, <sub-dataset>: {...}}}; with
-    `mask_dir`, writes each predicted mask as `<mask_dir>/<mask name>/<example name>.png`.
+    `mask_dir`, writes each predicted mask as `<mask_dir>/<mask name>/<example name>.png` (each
+    process writes the examples it read, so a multi-process run writes every mask once).
     """
     split = split or config.eval.split
     global_batch = config.eval.batch_size
@@ -89,11 +106,9 @@ def evaluate(
             host = {k: _to_host(v) for k, v in values.items()}
             acc = accumulators.setdefault(mask_name, metrics.StreamingMetrics())
             acc.update(host, subsets, valid)
-            if mask_dir and jax.process_index() == 0 and jax.process_count() == 1:
-                arr = np.asarray(jax.device_get(masks[mask_name]))
-                for i in np.flatnonzero(valid):
-                    stem = os.path.splitext(os.path.basename(str(names[i])))[0]
-                    _save_png(os.path.join(mask_dir, mask_name, stem + ".png"), arr[i])
+            if mask_dir:
+                _save_masks(os.path.join(mask_dir, mask_name), _local_rows(masks[mask_name], mesh),
+                            names, np.asarray(batch["valid"], bool))
         seen += int(valid.sum())
         if 0 < limit <= seen:
             break

@@ -97,10 +97,37 @@ def _meta(config, step: int, best_iou: float, extra: dict | None = None) -> dict
                  "config": json.loads(config.to_json_best_effort())}, **(extra or {}))
 
 
+def _initial_state(config: ml_collections.ConfigDict, spec, state: TrainState,
+                   checkpointer: ckpt.Checkpointer, mesh) -> tuple[TrainState, float]:
+    """(state, best validation IoU so far): resumed from the workdir's newest checkpoint, else
+    initialized from `config.init_from`, else from the model's ImageNet backbone (if configured).
+
+    Every array ends up replicated over `mesh`.
+    """
+    restored = checkpointer.restore_latest(_model_items(state), _train_items(state), mesh)
+    if restored is not None:
+        model_items, train_items, meta = restored
+        step = int(train_items["step"])
+        check_resumable_stream(meta.get("data_iterator"), config, step)
+        tqdm.write(f"resumed from {checkpointer.workdir} at step {step}")
+        state = state.replace(step=train_items["step"], opt_state=train_items["opt_state"],
+                              **model_items)
+        return jax.device_put(state, jmesh.replicated(mesh)), float(meta.get("best_iou", -1.0))
+    if config.init_from:
+        variables = ckpt.restore_model(config.init_from, _model_items(state), mesh=mesh,
+                                       model_cfg=config.model)
+        tqdm.write(f"initialized params and BN statistics from {config.init_from}")
+    else:
+        variables = backbones.initialize(spec.backbone, _model_items(state), config.model)
+    return jax.device_put(state.replace(**variables), jmesh.replicated(mesh)), -1.0
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains `config.model` on `config.data`, checkpointing into and resuming from `workdir`.
 
-    Returns the last validation results ({} if validation never ran).
+    Validation runs on `config.eval.validation_split` ("val", carved from the training data, by
+    default), is logged as `<split>/ap|f1|iou` and picks the best checkpoint. Returns the last
+    validation results ({} if validation never ran).
     """
     os.makedirs(workdir, exist_ok=True)
     mesh = jmesh.make_mesh()
@@ -110,33 +137,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     sched = Schedule(config, steps_per_epoch)
     tx = make_optimizer(config.optimizer, steps_per_epoch)
     lr_fn = lr_schedule(config.optimizer, steps_per_epoch)
+    val_split = config.eval.validation_split
 
-    variables = init_model_variables(config, model)
-    state = create_train_state(model, tx, variables)
     checkpointer = ckpt.Checkpointer(workdir)
-    best_iou = -1.0
-    restored = checkpointer.restore_latest(_model_items(state), _train_items(state))
-    if restored is not None:
-        model_items, train_items, meta = restored
-        state = state.replace(step=train_items["step"], opt_state=train_items["opt_state"],
-                              **model_items)
-        best_iou = float(meta.get("best_iou", -1.0))
-        check_resumable_stream(meta.get("data_iterator"), config, int(train_items["step"]))
-        tqdm.write(f"resumed from {workdir} at step {int(state.step)}")
-    elif config.init_from:
-        state = state.replace(**ckpt.restore_model(config.init_from, _model_items(state)))
-        tqdm.write(f"initialized params and BN statistics from {config.init_from}")
-    else:
-        state = state.replace(**backbones.initialize(spec.backbone, _model_items(state), config.model))
-
+    state = create_train_state(model, tx, init_model_variables(config, model))
+    try:
+        state, best_iou = _initial_state(config, spec, state, checkpointer, mesh)
+    except BaseException:
+        checkpointer.close()
+        raise
     repl = jmesh.replicated(mesh)
-    state = jax.device_put(state, repl)
     train_step = jax.jit(make_train_step(spec, config), donate_argnums=0,
                          out_shardings=(repl, repl))
     eval_step = jax.jit(make_eval_step(spec, config, model.apply))
 
-    writer = MetricWriter(workdir)
     start = int(state.step)
+    writer = MetricWriter(workdir, resume_step=start)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
             f.write(config.to_json_best_effort(indent=2))
@@ -174,16 +190,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     writer.write(step, logs, prefix="")
                     window_start, window_steps = time.perf_counter(), 0
                 if step % sched.eval_every == 0 or step == sched.total:
-                    results = evaluate(config, eval_step, state.variables(), mesh)
+                    results = evaluate(config, eval_step, state.variables(), mesh, split=val_split)
                     scores = results[spec.primary_mask]["all"]
                     writer.write(step, {k: v for k, v in scores.items() if k != "count"},
-                                 prefix="val/")
-                    tqdm.write(f"step {step}: " + format_table(results).replace(
-                        "\n", "\n" + " " * (7 + len(str(step)))))
+                                 prefix=f"{val_split}/")
+                    tqdm.write(f"step {step} ({val_split}): " + format_table(results).replace(
+                        "\n", "\n" + " " * (9 + len(str(step)) + len(val_split))))
                     if scores["iou"] > best_iou:
                         best_iou = float(scores["iou"])
-                        checkpointer.save_best(step, _model_items(state),
-                                               _meta(config, step, best_iou, {"val": scores}))
+                        checkpointer.save_best(step, _model_items(state), _meta(
+                            config, step, best_iou, {"val": scores, "val_split": val_split}))
                 if (step % sched.checkpoint_every == 0 or step == sched.total
                         or preemption.requested):
                     checkpointer.save_latest(step, _model_items(state), _train_items(state),
