@@ -1,83 +1,98 @@
-"""python -m jirl.convert dirl --encoder E.pth --decoder D.pth --out DIR [--config FILE]
-   python -m jirl.convert unet --checkpoint G.pth --out DIR [--config FILE]
+"""Official PyTorch checkpoints -> jirl Orbax checkpoints.
 
-Writes an Orbax checkpoint that `eval.py --checkpoint DIR` and `train.py --config.init_from=DIR`
-accept. The model architecture comes from --config (default configs/<model>.py, the official one).
+  python -m jirl.convert dirl --encoder E.pth --decoder D.pth --out DIR [--config FILE[:variant]]
+  python -m jirl.convert unet --checkpoint G.pth --out DIR [--config FILE[:variant]]
+
+The model architecture comes from `--config` (default `configs/<model>.py`, the official setting),
+with `--config.key=value` overrides as in train.py and eval.py, e.g.
+`--config configs/dirl.py --config.model.ggd_ch=64`. Writes a checkpoint that
+`eval.py --checkpoint DIR` and `train.py --config.init_from=DIR` accept; its meta records the model,
+the source files and the whole config. Needs the optional extra `jirl[torch]`.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
+import json
 import os
 import sys
+from collections.abc import Callable
 
 import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+# model -> (the flags naming its source files, what each one is)
+SOURCES: dict[str, dict[str, str]] = {
+    "dirl": {"encoder": "official DIRL encoder state_dict (.pth)",
+             "decoder": "official DIRL decoder state_dict (.pth)"},
+    "unet": {"checkpoint": "official MadisNet UNet state_dict (.pth, e.g. g_epoch*.pth)"},
+}
+FLAGS = flags.FLAGS
 
 
-def _load_config(path: str):
-    file, _, variant = path.partition(":")
-    spec = importlib.util.spec_from_file_location("jirl_convert_config", file)
-    if spec is None or not os.path.isfile(file):
-        raise SystemExit(f"config file {file} does not exist")
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(file))))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant or None)
+def _loader(model: str, files: dict[str, str]) -> Callable[[dict], dict]:
+    """target variables -> variables filled from the official files of `model`."""
+    if model == "dirl":
+        from jirl.convert import dirl
+
+        return lambda target: dirl.load_official(files["encoder"], files["decoder"], target)
+    from jirl.convert import unet
+
+    return lambda target: unet.load_official(files["checkpoint"], target)
 
 
-def _write_converted(args: argparse.Namespace, name: str, load, source: dict) -> str:
-    """Builds the --config model, fills its variables with `load(target)`, writes the checkpoint."""
+def convert(model: str, files: dict[str, str], out: str, config) -> str:
+    """Builds `config`'s model, fills it from the official `files`, writes it to `out`."""
     from jirl.convert.torch_io import ConversionError
     from jirl.models import build_model, init_model_variables
     from jirl.training.checkpoints import write_model_checkpoint
 
-    if os.path.exists(args.out) and os.listdir(args.out):
-        raise ConversionError(f"--out {args.out} exists and is not empty; choose a new directory")
-    config = _load_config(args.config)
-    _, model = build_model(config)
-    target = jax.device_get(init_model_variables(config, model))
-    variables = load(target)
-    meta = {"model": name, "source": source, "config": {"model": config.model.to_dict()}}
-    return write_model_checkpoint(args.out, variables, meta)
+    if config.model.name != model:
+        raise ConversionError(f"--config builds {config.model.name!r}, not {model!r}; pass "
+                              f"--config configs/{model}.py (or a variant of it)")
+    if os.path.exists(out) and os.listdir(out):
+        raise ConversionError(f"--out {out} exists and is not empty; choose a new directory")
+    _, module = build_model(config)
+    target = jax.device_get(init_model_variables(config, module))
+    variables = _loader(model, files)(target)
+    meta = {"model": model, "source": {k: os.path.abspath(v) for k, v in files.items()},
+            "config": json.loads(config.to_json_best_effort())}
+    return write_model_checkpoint(out, variables, meta)
 
 
-def convert_dirl(args: argparse.Namespace) -> str:
-    from jirl.convert import dirl as convert
-
-    return _write_converted(
-        args, "dirl", lambda target: convert.load_official(args.encoder, args.decoder, target),
-        {"encoder": os.path.abspath(args.encoder), "decoder": os.path.abspath(args.decoder)})
+def _model_from_argv(argv: list[str]) -> str | None:
+    """The model named on the command line (read before parsing, for --config's default)."""
+    return next((arg for arg in argv[1:] if arg in SOURCES), None)
 
 
-def convert_unet(args: argparse.Namespace) -> str:
-    from jirl.convert import unet as convert
+def define_flags(model: str | None) -> None:
+    """--config (default configs/<model>.py), --out and every model's source-file flags."""
+    default = f"configs/{model}.py" if model in SOURCES else None
+    config_flags.DEFINE_config_file(
+        "config", default, "Config giving the architecture (default configs/<model>.py).",
+        lock_config=True)
+    flags.DEFINE_string("out", None, "Output checkpoint directory (new or empty).")
+    for sources in SOURCES.values():
+        for name, help_text in sources.items():
+            if name not in FLAGS:
+                flags.DEFINE_string(name, None, help_text)
 
-    return _write_converted(
-        args, "unet", lambda target: convert.load_official(args.checkpoint, target),
-        {"checkpoint": os.path.abspath(args.checkpoint)})
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jirl.convert", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="model", required=True)
-    p = sub.add_parser("dirl", help="official DIRL encoder + decoder .pth files")
-    p.add_argument("--encoder", required=True, help="official encoder state_dict (.pth)")
-    p.add_argument("--decoder", required=True, help="official decoder state_dict (.pth)")
-    p.add_argument("--out", required=True, help="output checkpoint directory")
-    p.add_argument("--config", default="configs/dirl.py", help="config giving the architecture")
-    p.set_defaults(convert=convert_dirl)
-    p = sub.add_parser("unet", help="official MadisNet UNet .pth file (e.g. g_epoch*.pth)")
-    p.add_argument("--checkpoint", required=True, help="official UNet state_dict (.pth)")
-    p.add_argument("--out", required=True, help="output checkpoint directory")
-    p.add_argument("--config", default="configs/unet.py", help="config giving the architecture")
-    p.set_defaults(convert=convert_unet)
-    args = parser.parse_args(argv)
+def main(argv: list[str]) -> int:
     from jirl.convert.torch_io import ConversionError
+    from jirl.training.cli import quiet_libraries
 
+    quiet_libraries()
+    args = argv[1:]
+    if len(args) != 1 or args[0] not in SOURCES:
+        raise app.UsageError(f"name one model to convert: {' | '.join(SOURCES)} (got {args})")
+    model = args[0]
+    files = {name: FLAGS[name].value for name in SOURCES[model]}
+    missing = [f"--{k}" for k, v in [*files.items(), ("out", FLAGS.out)] if not v]
+    if missing:
+        raise app.UsageError(f"{model} needs {', '.join(missing)}")
     try:
-        path = args.convert(args)
+        path = convert(model, files, FLAGS.out, FLAGS.config)
     except ConversionError as e:
         print(f"python -m jirl.convert: {e}", file=sys.stderr)
         return 2
@@ -85,5 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run() -> None:
+    define_flags(_model_from_argv(sys.argv))
+    app.run(lambda argv: sys.exit(main(argv)))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
