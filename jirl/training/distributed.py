@@ -5,10 +5,14 @@ Call `initialize()` before anything touches devices (`jax.devices()`, a jitted c
 
 * explicit values are given (`--coordinator_address`, `--num_processes`, `--process_id`, or
   the environment variables `JAX_COORDINATOR_ADDRESS` / `JAX_NUM_PROCESSES` / `JAX_PROCESS_ID`),
-* or a cluster launcher JAX knows is detected: a Cloud TPU pod slice (GCE or GKE), a SLURM
-  `srun` step or an Open MPI `mpirun` with more than one task.
+* or `jax.distributed.initialize()` itself detects a cluster launcher (a Cloud TPU pod slice on
+  GCE or GKE, a SLURM `srun` step, an Open MPI `mpirun`, Kubernetes with the `kubernetes` package).
 
-A plain single process (a laptop, one GPU machine, `python -m pytest`) is left alone.
+A plain single process (a laptop, one GPU machine, `python -m pytest`) is left alone: JAX's public
+`initialize()` raises "coordinator_address should be defined" when it detects no launcher, which
+means "one process" here. A SLURM step or `mpirun` with a single task is not initialized either
+(`SLURM_NTASKS=1`, `OMPI_COMM_WORLD_SIZE=1`): one task needs no coordinator, and binding its port
+would be for nothing. Only public JAX APIs are used.
 """
 
 from __future__ import annotations
@@ -21,6 +25,12 @@ from absl import flags
 
 log = logging.getLogger(__name__)
 
+# What `jax.distributed.initialize()` raises when no value is given and no launcher is detected.
+NO_LAUNCHER_MESSAGE = "coordinator_address should be defined"
+# Launchers' own task counts (SLURM, Open MPI): "1" means a single-task job.
+TASK_COUNT_VARIABLES = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
+
+
 def define_flags() -> None:
     """--coordinator_address, --num_processes, --process_id (for train.py and eval.py)."""
     flags.DEFINE_string(
@@ -31,29 +41,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
 
 
-def detected_cluster() -> str | None:
-    """The name of the multi-process launcher JAX would bootstrap from, or None.
-
-    SLURM and Open MPI count only with more than one task: a one-task job needs no
-    coordinator (and would otherwise bind a port for nothing).
-    """
-    try:
-        from jax._src.clusters import ClusterEnv
-    except ImportError:  # pragma: no cover - private module moved: rely on explicit values
-        return None
-    for env in ClusterEnv._cluster_types:
-        if getattr(env, "opt_in_only_method", False) or not env.name:
-            continue
-        try:
-            if not env.is_env_present():
-                continue
-            if env.name in ("slurm", "ompi") and env.get_process_count() <= 1:
-                continue
-        except Exception as e:  # noqa: BLE001 - a broken probe is not a cluster
-            log.debug("cluster probe %s failed: %s", env.name, e)
-            continue
-        return env.name
-    return None
+def single_task_launch() -> bool:
+    """True inside a SLURM step or an Open MPI run of one task (nothing to coordinate)."""
+    return any(os.environ.get(var, "").strip() == "1" for var in TASK_COUNT_VARIABLES)
 
 
 def _use_cpu_collectives() -> None:
@@ -71,7 +61,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     """Joins a multi-process run; returns True when `jax.distributed` was initialized.
 
     Explicit values win; missing ones are filled in by JAX from the launcher. With neither
-    explicit values nor a detected launcher this does nothing (single process).
+    explicit values nor a launcher JAX detects, this does nothing (single process).
     """
     if jax.distributed.is_initialized():
         return True
@@ -81,20 +71,26 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     if process_id is None and os.environ.get("JAX_PROCESS_ID"):
         process_id = int(os.environ["JAX_PROCESS_ID"])
     explicit = any(v is not None for v in (coordinator_address, num_processes, process_id))
-    cluster = None if explicit else detected_cluster()
-    if not (explicit or cluster):
+    if not explicit and single_task_launch():
         return False
     if num_processes is not None and num_processes < 1:
         raise ValueError(f"num_processes={num_processes}; it must be >= 1")
     if (process_id is not None and num_processes is not None
             and not 0 <= process_id < num_processes):
         raise ValueError(f"process_id={process_id} is not in [0, num_processes={num_processes})")
+    previous_collectives = jax.config.jax_cpu_collectives_implementation
     _use_cpu_collectives()
-    log.info("jax.distributed.initialize(coordinator_address=%s, num_processes=%s, "
-             "process_id=%s) [%s]", coordinator_address, num_processes, process_id,
-             "explicit" if explicit else cluster)
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
+    try:
+        jax.distributed.initialize(coordinator_address=coordinator_address,
+                                   num_processes=num_processes, process_id=process_id)
+    except ValueError as e:
+        if explicit or NO_LAUNCHER_MESSAGE not in str(e):
+            raise
+        # No launcher detected: one process. Leave JAX's configuration as it was.
+        jax.config.update("jax_cpu_collectives_implementation", previous_collectives)
+        return False
+    log.info("jax.distributed initialized: process %d of %d (%s)", jax.process_index(),
+             jax.process_count(), "explicit values" if explicit else "detected launcher")
     return True
 
 
