@@ -2,6 +2,11 @@
 
   python benchmarks/input_pipeline.py --config configs/dirl.py            # 224 px, synthetic data
   python benchmarks/input_pipeline.py --config configs/dirl.py --workers=0,2 --step_steps=3
+  python benchmarks/input_pipeline.py --config configs/dirl.py:quick --config.batch_size=2 \
+      --config.data.num_train=40 --batches=3 --workers=0 --step_steps=1    # a quick check
+
+`--config FILE[:variant]` (default configs/dirl.py) with `--config.key=value` overrides, as train.py
+takes them: the pipeline, batch size and model are the config's.
 
 Measures training examples/s of `jirl.data.train_batches` (augmentation, normalization, batching)
 for each worker count, then the jitted train step's images/s for the same config (compile time
@@ -18,7 +23,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 from jirl import data as jdata  # noqa: E402
 from jirl.models import build_model, init_model_variables  # noqa: E402
@@ -27,7 +33,8 @@ from jirl.training.optim import make_optimizer  # noqa: E402
 from jirl.training.state import create_train_state  # noqa: E402
 from jirl.training.steps import make_train_step  # noqa: E402
 
-config_flags.DEFINE_config_file("config", "configs/dirl.py", "Experiment config.")
+config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs", "dirl.py"), "Experiment config "
+                                "file[:variant]; override with --config.key=value.")
 flags.DEFINE_list("workers", ["0", "2"], "Grain worker counts to measure (0 = in-process).")
 flags.DEFINE_integer("batches", 20, "Batches timed per worker count (after 2 warm-up batches).")
 flags.DEFINE_integer("step_steps", 3, "Train steps timed (after one compile step); 0 = skip.")

@@ -1,0 +1,201 @@
+"""Helpers shared by the benchmark scripts and their child processes (no flags, no jax at import).
+
+`config_argv` re-creates a parsed `--config FILE[:variant] --config.key=value` flag for a child
+process; `random_batch` is the fixed benchmark batch (NHWC numpy); `JirlBench` wraps one jirl
+model's jitted train step and inference forward on that batch; `cpu_info` and `peak_rss_gb`
+describe the machine and a process's memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # jirl and configs/ from this checkout (the scripts run as files)
+    sys.path.insert(0, ROOT)
+DEFAULT_CONFIG = os.path.join(ROOT, "configs", "dirl.py")
+
+# The CPU's vector / matrix extensions that decide conv and matmul speed (as /proc/cpuinfo names them).
+CPU_EXTENSIONS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
+# Environment variables that set the frameworks' thread pools.
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME",
+              "KMP_AFFINITY", "OMP_PROC_BIND", "XLA_FLAGS")
+
+
+def config_argv(flag) -> list[str]:
+    """`--config=FILE[:variant]` and one `--config.key=value` per override of a parsed config flag.
+
+    Built from the parsed values (not from sys.argv), so that every spelling absl accepts (`--config
+    X`, `--config.key value`, flag files) reaches a child process; non-string values are written
+    as Python literals, which config_flags parses back to the same value.
+    """
+    from ml_collections import config_flags
+
+    args = [f"--{flag.name}={config_flags.get_config_filename(flag)}"]
+    for key, value in config_flags.get_override_values(flag).items():
+        text = value if isinstance(value, str) else repr(value)
+        args.append(f"--{flag.name}.{key}={text}")
+    return args
+
+
+def config_overrides(flag) -> dict:
+    """The `--config.key=value` overrides of a parsed config flag, JSON-friendly."""
+    from ml_collections import config_flags
+
+    return {k: v if isinstance(v, bool | int | float | str) or v is None else repr(v)
+            for k, v in config_flags.get_override_values(flag).items()}
+
+
+def random_batch(batch: int, size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """The benchmark batch: N(0, 1) images [B,S,S,3] (ImageNet-normalized scale) and a rectangle mask."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(size=(batch, size, size, 3)).astype(np.float32)
+    mask = np.zeros((batch, size, size, 1), np.float32)
+    mask[:, size // 4:size // 2, size // 3:size // 2] = 1
+    return {"image": image, "mask": mask}
+
+
+def digest(*arrays: np.ndarray) -> str:
+    """A short SHA-256 of arrays' bytes (to show that two processes saw the same inputs)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a, np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory (ru_maxrss, KiB on Linux) in GiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def rss_gb() -> float | None:
+    """This process's current resident memory in GiB (Linux /proc; None elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def thread_env() -> dict:
+    """The thread-related environment variables that are set."""
+    return {k: os.environ[k] for k in THREAD_ENV if k in os.environ}
+
+
+def cpu_info() -> dict:
+    """CPU model, core counts and vector/matrix extensions, from /proc/cpuinfo or `lscpu`."""
+    model, flags, cores = None, set(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+        for block in text.split("\n\n"):
+            fields = dict(
+                (k.strip().lower(), v.strip()) for k, _, v in
+                (line.partition(":") for line in block.splitlines()) if k.strip())
+            model = model or fields.get("model name") or fields.get("hardware")
+            flags |= set((fields.get("flags") or fields.get("features") or "").split())
+            if "physical id" in fields and "core id" in fields:
+                cores.add((fields["physical id"], fields["core id"]))
+    except OSError:
+        pass
+    if not model or not flags:
+        try:
+            out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+            lscpu = {k.strip().lower(): v.strip() for k, _, v in
+                     (line.partition(":") for line in out.splitlines())}
+            model = model or lscpu.get("model name")
+            flags = flags or set(lscpu.get("flags", "").split())
+        except (OSError, subprocess.SubprocessError):
+            pass
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        affinity = None
+    return {"model_name": model, "logical_cpus": os.cpu_count(), "usable_cpus": affinity,
+            "physical_cores": len(cores) or None,
+            "extensions": {e: e in flags for e in CPU_EXTENSIONS} if flags else None}
+
+
+def model_config_mismatch(model_cfg, reference) -> list[str]:
+    """Keys of `reference` (a config.model) whose value differs in `model_cfg` (tuples vs lists equal)."""
+    norm = lambda v: tuple(v) if isinstance(v, list | tuple) else v
+    return [k for k in reference if norm(model_cfg.get(k)) != norm(reference[k])]
+
+
+class JirlBench:
+    """One jirl model's jitted train step and inference forward on one fixed batch.
+
+    Built as the training loop builds them: the train state replicated over a one-axis mesh, the
+    train step jitted with the state donated and compiled ahead of time (then the compiler's freed
+    memory returned to the OS), the inference forward `model.apply(train=False)["mask"]`.
+    """
+
+    def __init__(self, config, batch: dict[str, np.ndarray]):
+        import jax
+
+        from jirl.models import build_model, init_model_variables
+        from jirl.training import mesh as jmesh
+        from jirl.training.optim import make_optimizer
+        from jirl.training.state import create_train_state
+        from jirl.training.steps import make_train_step
+
+        self._jax = jax
+        spec, model = build_model(config)
+        mesh = jmesh.make_mesh()
+        repl = jmesh.replicated(mesh)
+        self.state = jax.device_put(create_train_state(
+            model, make_optimizer(config.optimizer, 1000), init_model_variables(config, model)), repl)
+        self.batch = jmesh.put_batch(batch, mesh, keys=("image", "mask"))
+        self.batch_size = int(batch["image"].shape[0])
+        self.num_params = int(sum(x.size for x in jax.tree.leaves(self.state.params)))
+        self._train_jit = jax.jit(make_train_step(spec, config), donate_argnums=0,
+                                  out_shardings=(repl, repl))
+        self._infer_jit = jax.jit(lambda v, x: model.apply(v, x, train=False)["mask"])
+        self._step = self._infer = None
+
+    def input_digest(self) -> str:
+        return digest(np.asarray(self.batch["image"]), np.asarray(self.batch["mask"]))
+
+    def compile_train(self) -> float:
+        """Seconds to compile the train step (ahead of time, as the training loop does)."""
+        from jirl.training.steps import compile_step
+
+        t0 = time.perf_counter()
+        self._step = compile_step(self._train_jit, self.state, self.batch)
+        return time.perf_counter() - t0
+
+    def compile_infer(self) -> float:
+        """Seconds to compile the inference forward."""
+        from jirl.training.steps import compile_step
+
+        t0 = time.perf_counter()
+        self._infer = compile_step(self._infer_jit, self.state.variables(), self.batch["image"])
+        return time.perf_counter() - t0
+
+    def train(self, steps: int) -> tuple[float, dict]:
+        """(seconds, the last step's logs as floats) for `steps` train steps on the fixed batch."""
+        logs = None
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            self.state, logs = self._step(self.state, self.batch)
+        self._jax.block_until_ready(logs)
+        seconds = time.perf_counter() - t0
+        return seconds, {k: float(v) for k, v in logs.items()}
+
+    def infer(self, batches: int) -> float:
+        """Seconds for `batches` inference forwards of the fixed batch."""
+        variables = self.state.variables()
+        out = None
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            out = self._infer(variables, self.batch["image"])
+        self._jax.block_until_ready(out)
+        return time.perf_counter() - t0
+

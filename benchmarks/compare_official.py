@@ -1,0 +1,497 @@
+"""jirl's DIRL next to the official PyTorch DIRL on this machine, in one run; prints one JSON line.
+
+  python benchmarks/compare_official.py --official_dirl ~/src/DIRL-Inharmonious-Region-Localization
+  python benchmarks/compare_official.py --official_dirl PATH --config.dtype=bfloat16 --official_amp
+  python benchmarks/compare_official.py --official_dirl PATH --batch 2 --size 64 --rounds 1
+
+PATH is your own clone of bcmi/DIRL-Inharmonious-Region-Localization (nothing of it is part of
+jirl). Its side needs PyTorch, torchvision, scipy and opencv-python (`pip install -e '.[torch]'`
+plus a torchvision that matches the torch build); its `model` package is imported from PATH, and
+`torchvision.models.resnet34` is patched to build without weights, so that the official
+`resnet34(pretrained=True)` downloads nothing: both sides start from random weights.
+
+What runs (defaults: batch 8, 224 px, the official setting; `--batch` / `--size` change both sides):
+  official  `InharmoniousEncoder` + `InharmoniousDecoder` built as dirl_train.py builds them
+            (backbone resnet34, ggd_ch 32, mda_mode 'mask'); a train step is dirl_train.py's: forward
+            in train mode, `multi_bce_loss_fusion` (bce + (1 - ssim) + iou, with the repo's
+            pytorch_ssim / pytorch_iou) on the mask plus lambda_attention x the same over the five
+            attention maps, backward, one torch Adam per network (lr 1e-4, weight_decay 1e-4);
+            inference is eval mode under torch.no_grad(). `--official_amp` runs the forward under
+            torch.autocast('cpu', bfloat16) (losses in float32).
+  jirl      `--config FILE[:variant]` (default configs/dirl.py) with `--config.key=value` overrides
+            as train.py takes them, e.g. `--config.dtype=bfloat16`; the jitted train step of the
+            training loop (`dirl.objective`, `make_optimizer`), compiled ahead of time, and the
+            jitted `model.apply(train=False)["mask"]`. The official side takes its ggd_ch, loss
+            weights and Adam settings from the same config; the loss must be the official variant
+            and the encoder the official ResNet34 layout.
+Both sides get the same random batch (`common.random_batch`: N(0, 1) images and a rectangle mask;
+NHWC for jirl, transposed to NCHW for PyTorch; the JSON carries each side's digest of it).
+
+How: each framework runs in its own persistent child process (so that neither's idle thread pool
+spins while the other runs, and each child's peak RSS is its own), started one after the other.
+After a warm-up outside the timings (jirl: compile; both: the first step, which gives the
+first-step loss at random weights, plus `--warmup` steps, and the same for inference), the parent
+runs `--rounds` rounds of: `--steps` official train steps, `--steps` jirl train steps, then
+`--infer_steps` forwards on each side; the side that goes first alternates between rounds, and
+each request waits `--settle_s` so that the other child's threads are asleep. Throughput is total
+images over total timed seconds per side; ratios are jirl / official. The JSON also names the CPU
+(model, cores, avx2 / avx512 / amx extensions), torch and jax versions, and thread settings.
+Both children are alive at once: at 224 px, batch 8 they need about 7 + 11 GB.
+"""
+
+import contextlib
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+from absl import app, flags
+from common import (
+    DEFAULT_CONFIG,
+    JirlBench,
+    config_argv,
+    config_overrides,
+    cpu_info,
+    digest,
+    model_config_mismatch,
+    peak_rss_gb,
+    random_batch,
+    rss_gb,
+    thread_env,
+)
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "jirl's experiment config file[:variant] (a "
+                                "DIRL config); override with --config.key=value.", lock_config=True)
+flags.DEFINE_string("official_dirl", None,
+                    "Path of your clone of bcmi/DIRL-Inharmonious-Region-Localization.")
+flags.DEFINE_integer("batch", None, "Batch size of both sides (default: the config's, 8).")
+flags.DEFINE_integer("size", None, "Square input size of both sides (default: the config's crop_size, 224).")
+flags.DEFINE_integer("rounds", 3, "Alternation rounds.")
+flags.DEFINE_integer("steps", 3, "Timed train steps per side and round.")
+flags.DEFINE_integer("infer_steps", 5, "Timed inference batches per side and round.")
+flags.DEFINE_integer("warmup", 1, "Untimed steps (train and inference) per side after the first one.")
+flags.DEFINE_bool("official_amp", False, "Official side: forward under torch.autocast('cpu', bfloat16).")
+flags.DEFINE_enum("official_loss", "auto", ["auto", "dirl_train", "composed"],
+                  "Official loss: dirl_train = import multi_bce_loss_fusion from the repo's dirl_train.py "
+                  "(needs its training dependencies: tensorboardX, albumentations, ...); composed = the "
+                  "same sum from the repo's pytorch_ssim / pytorch_iou and torch's BCELoss; auto = "
+                  "dirl_train if it imports, else composed.")
+flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads on the official side (0 = torch's default).")
+flags.DEFINE_float("settle_s", 0.5, "Pause before each timed request (lets the idle side's threads sleep).")
+flags.DEFINE_integer("seed", 0, "Seed of the random batch (model seeds: config.seed).")
+flags.DEFINE_enum("child", "", ["", "official", "jirl"], "Internal: serve one side over stdin/stdout.")
+FLAGS = flags.FLAGS
+
+# config.model keys that may differ from configs/dirl.py: ggd_ch (the official side builds the same
+# width) and backbone_weights (unused: both sides start from random weights). The others are fixed.
+FREE_MODEL_KEYS = ("ggd_ch", "backbone_weights")
+
+
+# ----------------------------------------------------------------------------------------------
+# Child processes: one side each, serving JSON requests line by line.
+# ----------------------------------------------------------------------------------------------
+
+
+def serve(side_cls) -> int:
+    """Answers the parent's requests ({"cmd": ...} lines on stdin) with JSON lines.
+
+    The protocol keeps the original stdout; everything else printed (the official model prints
+    while it builds) goes to stderr, which the parent keeps for error reports.
+    """
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    side = None
+    for line in sys.stdin:
+        msg = json.loads(line)
+        try:
+            if msg["cmd"] == "quit":
+                out.write("{}\n")
+                return 0
+            if msg["cmd"] == "setup":
+                side = side_cls(msg)
+                reply = dict(side.info)
+            elif msg["cmd"] == "stats":
+                reply = {}
+            else:
+                reply = getattr(side, msg["cmd"])(msg["n"])
+            reply.update(peak_rss_gb=peak_rss_gb(), rss_gb=rss_gb())
+        except Exception:  # reported to the parent, which stops the run
+            reply = {"error": traceback.format_exc()}
+        out.write(json.dumps(reply) + "\n")
+        if "error" in reply:
+            return 1
+    return 0
+
+
+def _resnet34_without_download():
+    """Patches torchvision.models.resnet34 to build with random weights (pretrained / weights ignored)."""
+    import inspect
+
+    import torchvision.models
+
+    original = torchvision.models.resnet34
+    if getattr(original, "_jirl_no_download", False):
+        return
+    takes_weights = "weights" in inspect.signature(original).parameters
+
+    def resnet34(*_pretrained, **kwargs):  # positional / keyword `pretrained` and `weights` dropped
+        kwargs.pop("pretrained", None)
+        kwargs.pop("weights", None)
+        return original(weights=None, **kwargs) if takes_weights else original(pretrained=False, **kwargs)
+
+    resnet34._jirl_no_download = True
+    torchvision.models.resnet34 = resnet34
+
+
+def _official_loss(repo: str, choice: str):
+    """(fusion(preds, target) -> total, description): dirl_train's multi_bce_loss_fusion['total']."""
+    import torch
+
+    error = None
+    if choice in ("auto", "dirl_train"):
+        try:
+            from dirl_train import multi_bce_loss_fusion
+        except Exception as e:  # its training dependencies (tensorboardX, albumentations, ...)
+            if choice == "dirl_train":
+                raise RuntimeError(f"cannot import dirl_train from {repo}: {e!r}") from e
+            error = f"{type(e).__name__}: {e}"
+        else:
+            return (lambda preds, target: multi_bce_loss_fusion(preds, target)["total"],
+                    "dirl_train.multi_bce_loss_fusion")
+    import pytorch_iou
+    import pytorch_ssim
+
+    bce = torch.nn.BCELoss()
+    ssim = pytorch_ssim.SSIM(window_size=11, size_average=True)
+    iou = pytorch_iou.IOU(size_average=True)
+
+    def fusion(preds, target):
+        return sum(bce(p, target) + (1 - ssim(p, target)) + iou(p, target) for p in preds)
+
+    description = "BCELoss + (1 - pytorch_ssim.SSIM) + pytorch_iou.IOU, summed over the maps"
+    return fusion, description + (f" (dirl_train not importable: {error})" if error else "")
+
+
+class OfficialSide:
+    """The official encoder / decoder, their Adam optimizers and the official loss on one batch."""
+
+    def __init__(self, msg: dict):
+        import argparse
+
+        import torch
+        import torchvision
+
+        repo = os.path.abspath(FLAGS.official_dirl)
+        if FLAGS.torch_threads:
+            torch.set_num_threads(FLAGS.torch_threads)
+        _resnet34_without_download()
+        sys.path.insert(0, repo)
+        try:
+            from model import InharmoniousDecoder, InharmoniousEncoder
+        except ImportError as e:
+            raise RuntimeError(f"importing the official model from {repo} failed ({e!r}); its "
+                               "model/DIRL.py also needs scipy and opencv-python") from e
+        self.torch = torch
+        torch.manual_seed(msg["seed"])
+        # dirl_train.py's options for this setup (ArgsParser defaults, mda_mode as its train.sh sets)
+        opt = argparse.Namespace(backbone="resnet34", ggd_ch=msg["ggd_ch"], mda_mode="mask", input_nc=3)
+        self.encoder = InharmoniousEncoder(opt, opt.input_nc)
+        self.decoder = InharmoniousDecoder(opt, opt.input_nc)
+        self.fusion, loss_source = _official_loss(repo, FLAGS.official_loss)
+        adam = dict(lr=msg["lr"], betas=(msg["b1"], msg["b2"]), eps=msg["eps"],
+                    weight_decay=msg["weight_decay"])
+        self.encoder_opt = torch.optim.Adam(self.encoder.parameters(), **adam)
+        self.decoder_opt = torch.optim.Adam(self.decoder.parameters(), **adam)
+        self.lambda_detection, self.lambda_attention = msg["lambda_detection"], msg["lambda_attention"]
+        self.amp = msg["amp"]
+        batch = random_batch(msg["batch"], msg["size"], msg["seed_batch"])
+        self.image = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous()
+        self.mask = torch.from_numpy(batch["mask"]).permute(0, 3, 1, 2).contiguous()
+        params = sum(p.numel() for m in (self.encoder, self.decoder) for p in m.parameters())
+        self.info = {
+            "params": int(params), "loss": loss_source, "optimizer": f"2 x torch.optim.Adam({adam})",
+            "precision": "bfloat16 autocast (losses float32)" if self.amp else "float32",
+            # of the NCHW tensors the model gets, transposed back to NHWC
+            "input_digest": digest(*(t.permute(0, 2, 3, 1).numpy() for t in (self.image, self.mask))),
+            "versions": {"torch": torch.__version__,
+                         "torchvision": getattr(torchvision, "__version__", None)},
+            "threads": {"torch_num_threads": torch.get_num_threads(),
+                        "torch_num_interop_threads": torch.get_num_interop_threads(),
+                        "cpu_capability": _torch_cpu_capability(torch),
+                        "parallel_backend": _torch_parallel_backend(torch), "env": thread_env()},
+        }
+
+    def _autocast(self):
+        if self.amp:
+            return self.torch.autocast("cpu", dtype=self.torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train(self, n: int) -> dict:
+        """n train steps of dirl_train.py (mda_mode 'mask'): seconds and the last step's losses."""
+        self.encoder.train()
+        self.decoder.train()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            with self._autocast():
+                preds = self.decoder(self.encoder(self.image))["mask"]
+            preds = [p.float() for p in preds]
+            self.encoder_opt.zero_grad()
+            self.decoder_opt.zero_grad()
+            detection = self.fusion(preds[:1], self.mask)
+            attention = self.fusion(preds[1:], self.mask)
+            total = detection * self.lambda_detection + attention * self.lambda_attention
+            total.backward()
+            self.encoder_opt.step()
+            self.decoder_opt.step()
+            losses = {"loss": total.item(), "detection": detection.item(), "attention": attention.item()}
+        return {"seconds": time.perf_counter() - t0, "losses": losses}
+
+    def infer(self, n: int) -> dict:
+        """n forwards in eval mode under no_grad (dirl_test.py): seconds."""
+        self.encoder.eval()
+        self.decoder.eval()
+        t0 = time.perf_counter()
+        with self.torch.no_grad(), self._autocast():
+            for _ in range(n):
+                self.decoder(self.encoder(self.image))["mask"][0]
+        return {"seconds": time.perf_counter() - t0}
+
+
+def _torch_cpu_capability(torch):
+    try:
+        return torch.backends.cpu.get_cpu_capability()
+    except AttributeError:
+        return None
+
+
+def _torch_parallel_backend(torch):
+    for line in torch.__config__.parallel_info().splitlines():
+        if line.startswith("ATen parallel backend"):
+            return line.partition(":")[2].strip()
+    return None
+
+
+class JirlSide:
+    """jirl's train step and inference forward (see `common.JirlBench`) on one batch."""
+
+    def __init__(self, msg: dict):
+        import flax
+        import jax
+        import jaxlib
+
+        config = FLAGS.config
+        config.batch_size, config.data.crop_size = msg["batch"], msg["size"]
+        self.bench = JirlBench(config, random_batch(msg["batch"], msg["size"], msg["seed_batch"]))
+        self.info = {
+            "params": self.bench.num_params, "precision": config.dtype,
+            "loss": f"jirl.models.dirl.objective (config.loss: {config.loss.to_dict()})",
+            "optimizer": f"jirl.training.optim.make_optimizer({config.optimizer.to_dict()})",
+            "input_digest": self.bench.input_digest(),
+            "versions": {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__},
+            "threads": {"backend": jax.default_backend(), "devices": jax.device_count(),
+                        "env": thread_env()},  # XLA_FLAGS as jirl sets it on import
+        }
+
+    def compile_train(self, n: int) -> dict:
+        return {"seconds": self.bench.compile_train()}
+
+    def compile_infer(self, n: int) -> dict:
+        return {"seconds": self.bench.compile_infer()}
+
+    def train(self, n: int) -> dict:
+        seconds, logs = self.bench.train(n)
+        return {"seconds": seconds, "losses": {k: logs[k] for k in ("loss", "detection", "attention")}}
+
+    def infer(self, n: int) -> dict:
+        return {"seconds": self.bench.infer(n)}
+
+
+# ----------------------------------------------------------------------------------------------
+# The parent: starts both children, warms them up, alternates timed requests.
+# ----------------------------------------------------------------------------------------------
+
+
+class ChildError(RuntimeError):
+    pass
+
+
+class Child:
+    """A persistent child process serving one side."""
+
+    def __init__(self, name: str, args: list[str]):
+        self.name = name
+        self.stderr = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), f"--child={name}", *args],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+                                     text=True, bufsize=1)
+
+    def request(self, cmd: str, n: int = 0, **kwargs) -> dict:
+        try:
+            self.proc.stdin.write(json.dumps({"cmd": cmd, "n": n, **kwargs}) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # reported below with the child's stderr
+        line = self.proc.stdout.readline()
+        reply = json.loads(line) if line.strip() else {"error": "the child exited"}
+        if "error" in reply:
+            self.proc.wait(timeout=60)
+            self.stderr.seek(0)
+            tail = "\n".join(self.stderr.read().strip().splitlines()[-15:])
+            raise ChildError(f"{self.name} side failed on {cmd!r} (rc {self.proc.returncode}):\n"
+                             f"{reply['error']}\n--- stderr tail ---\n{tail}")
+        return reply
+
+    def close(self):
+        if self.proc.poll() is None:
+            with contextlib.suppress(ChildError, OSError, ValueError):
+                self.request("quit")
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.stderr.close()
+
+
+def check_prerequisites(repo: str | None) -> None:
+    """Exits with a clear message when the official repo, torch or torchvision is missing."""
+    if not repo:
+        sys.exit("compare_official: --official_dirl PATH is required (your clone of "
+                 "https://github.com/bcmi/DIRL-Inharmonious-Region-Localization).")
+    missing = [p for p in ("model/__init__.py", "model/DIRL.py", "pytorch_ssim/__init__.py",
+                           "pytorch_iou/__init__.py") if not os.path.isfile(os.path.join(repo, p))]
+    if missing:
+        sys.exit(f"compare_official: {repo!r} is not a clone of bcmi/DIRL-Inharmonious-Region-Localization "
+                 f"(missing: {', '.join(missing)}).")
+    for module, hint in (("torch", "pip install -e '.[torch]'"),
+                         ("torchvision", "pip install the torchvision release that matches your torch")):
+        if importlib.util.find_spec(module) is None:
+            sys.exit(f"compare_official: the official side needs {module} ({hint}).")
+
+
+def check_config(config) -> None:
+    """The jirl config must describe what the official side runs (DIRL, official loss, ResNet34)."""
+    from configs import dirl as dirl_config
+
+    if config.model.name != "dirl":
+        raise app.UsageError(f"--config is a {config.model.name!r} config; the official code is DIRL")
+    differ = [k for k in model_config_mismatch(config.model, dirl_config.model_config())
+              if k not in FREE_MODEL_KEYS]
+    if differ:
+        raise app.UsageError(f"config.model keys {differ} differ from the official ResNet34 DIRL "
+                             "(the official side can follow only ggd_ch)")
+    if config.loss.variant != "official":
+        raise app.UsageError(f"config.loss.variant={config.loss.variant!r}: the official code trains "
+                             "with the 'official' loss")
+
+
+def _rate(batch: int, replies: list[dict]) -> float | None:
+    """Images per second over all timed requests."""
+    if not replies:
+        return None
+    return batch * sum(r["n"] for r in replies) / sum(r["seconds"] for r in replies)
+
+
+def run_comparison(config) -> dict:
+    batch = FLAGS.batch or int(config.batch_size)
+    size = FLAGS.size or int(config.data.crop_size)
+    common_msg = {"batch": batch, "size": size, "seed": int(config.seed), "seed_batch": FLAGS.seed}
+    opt = config.optimizer
+    official_msg = dict(common_msg, ggd_ch=int(config.model.ggd_ch), lr=float(opt.learning_rate),
+                        b1=float(opt.b1), b2=float(opt.b2), eps=float(opt.eps),
+                        weight_decay=float(opt.weight_decay), amp=FLAGS.official_amp,
+                        lambda_detection=float(config.loss.lambda_detection),
+                        lambda_attention=float(config.loss.lambda_attention))
+    sides, setup, warm = {}, {}, {}
+    try:
+        # One after the other, so that neither's start-up competes with the other's.
+        sides["official"] = Child("official", [f"--official_dirl={FLAGS.official_dirl}",
+                                               f"--official_loss={FLAGS.official_loss}",
+                                               f"--torch_threads={FLAGS.torch_threads}"])
+        setup["official"] = sides["official"].request("setup", **official_msg)
+        sides["jirl"] = Child("jirl", config_argv(FLAGS["config"]))
+        setup["jirl"] = sides["jirl"].request("setup", **common_msg)
+
+        for name, side in sides.items():
+            w = warm[name] = {}
+            if name == "jirl":
+                w["compile_train_seconds"] = side.request("compile_train")["seconds"]
+            first = side.request("train", 1)
+            w["first_train_step_seconds"], w["first_losses"] = first["seconds"], first["losses"]
+            if FLAGS.warmup:
+                w["last_warmup_losses"] = side.request("train", FLAGS.warmup)["losses"]
+            if name == "jirl":
+                w["compile_inference_seconds"] = side.request("compile_infer")["seconds"]
+            w["first_inference_seconds"] = side.request("infer", 1)["seconds"]
+            if FLAGS.warmup:
+                side.request("infer", FLAGS.warmup)
+            w["peak_rss_gb_after_warmup"] = side.request("stats")["peak_rss_gb"]
+
+        timed = {name: {"train": [], "infer": []} for name in sides}
+        for r in range(FLAGS.rounds):
+            order = ["official", "jirl"] if r % 2 == 0 else ["jirl", "official"]
+            for phase, n in (("train", FLAGS.steps), ("infer", FLAGS.infer_steps)):
+                for name in order:
+                    time.sleep(FLAGS.settle_s)
+                    reply = sides[name].request(phase, n)
+                    timed[name][phase].append({"n": n, "seconds": reply["seconds"]})
+        final = {name: side.request("stats") for name, side in sides.items()}
+    finally:
+        for side in sides.values():
+            side.close()
+
+    result = {"benchmark": "compare_official", "batch": batch, "size": size, "rounds": FLAGS.rounds,
+              "train_steps_per_round": FLAGS.steps, "inference_batches_per_round": FLAGS.infer_steps,
+              "warmup_steps": FLAGS.warmup, "settle_seconds": FLAGS.settle_s}
+    for name in sides:
+        result[name] = {
+            "train_images_per_sec": _rate(batch, timed[name]["train"]),
+            "inference_images_per_sec": _rate(batch, timed[name]["infer"]),
+            "peak_rss_gb": final[name]["peak_rss_gb"],
+            "train_images_per_sec_by_round": [_rate(batch, [t]) for t in timed[name]["train"]],
+            "inference_images_per_sec_by_round": [_rate(batch, [t]) for t in timed[name]["infer"]],
+            **{k: v for k, v in setup[name].items() if k not in ("peak_rss_gb", "rss_gb")},
+            **warm[name],
+        }
+    return result
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    if FLAGS.child == "official":
+        return serve(OfficialSide)
+    if FLAGS.child == "jirl":
+        return serve(JirlSide)
+    check_prerequisites(FLAGS.official_dirl)
+    config = FLAGS.config
+    check_config(config)
+    try:
+        result = run_comparison(config)
+    except ChildError as e:
+        sys.exit(f"compare_official: {e}")
+    off, jirl = result["official"], result["jirl"]
+    ratio = lambda k: jirl[k] / off[k] if off[k] else None
+    result["ratio_jirl_over_official"] = {k: ratio(k) for k in (
+        "train_images_per_sec", "inference_images_per_sec", "peak_rss_gb")}
+    first = {"official": off["first_losses"]["loss"], "jirl": jirl["first_losses"]["loss"]}
+    result["first_loss"] = {**first, "ratio_jirl_over_official": first["jirl"] / first["official"]}
+    result["same_inputs"] = off["input_digest"] == jirl["input_digest"]
+    result["config"] = config_flags.get_config_filename(FLAGS["config"])
+    result["config_overrides"] = config_overrides(FLAGS["config"])
+    result["official_amp"] = FLAGS.official_amp
+    result["cpu"] = cpu_info()
+    result["versions"] = {"python": platform.python_version(), **off.pop("versions"), **jirl.pop("versions")}
+    result["threads"] = {"official": off.pop("threads"), "jirl": jirl.pop("threads")}
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
