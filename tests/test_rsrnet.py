@@ -1,9 +1,11 @@
 """RSRNet: the RSR step's pure functions against numpy, the scanned recurrence against an unrolled
 loop, gradients through all K steps, the whole model's shapes, switches, objective and config."""
 
+import dataclasses
 import functools
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 from configs import dirl as dirl_config
 from configs import rsrnet as rsrnet_config
 from jirl import losses
-from jirl.models import available_models, get_spec, rsrnet
+from jirl.models import available_models, get_spec, layers, rsrnet
 
 TINY = dict(stem_features=4, stage_features=(4, 4, 8, 8, 8), stage_blocks=(1,) * 5, head_features=8,
             hidden_features=8, embed_features=4, iterations=3)
@@ -219,10 +221,19 @@ def _image(shape=(2, 32, 32, 3)):
     return jax.random.normal(jax.random.PRNGKey(3), shape)
 
 
+@functools.cache
+def _outputs(hw=(32, 32), **switch):
+    """RSRNet(**TINY, **switch) in eval mode on an image batch of size hw, with _model()'s variables
+    (those that the switch keeps)."""
+    _, v = _model()
+    params = {k: p for k, p in v["params"].items() if k in _param_shapes(**switch)}
+    m = rsrnet.RSRNet(**TINY, **switch)
+    return jax.jit(m.apply)({"params": params, "batch_stats": v["batch_stats"]}, _image((2, *hw, 3)))
+
+
 @pytest.mark.parametrize("hw", [(32, 32), (64, 32)])
 def test_output_shapes_and_ranges(hw):
-    m, v = _model()
-    out = jax.jit(lambda v, x: m.apply(v, x))(v, _image((2, *hw, 3)))
+    out = _outputs(hw)
     h, w = hw
     chex.assert_shape([out["mask"], out["logits"], out["mask_dec"], out["mask_rsr"]], (2, h, w, 1))
     chex.assert_shape(out["rsr_masks"], (3, 2, h, w, 1))
@@ -286,19 +297,185 @@ def test_objective_weights_steps_by_decay_powers():
     assert set(logs) == {"total", "bce", "ssim", "iou"}
 
 
-SWITCHES = [dict(use_gru=False), dict(use_msm=False), dict(content_from="style"),
-            dict(upsample="bilinear"), dict(combine="average"), dict(similarity_only=True)]
+# ---------------------------------------------------------------- the ablation switches (Table 2)
+#
+# Each switch is checked for what the module docstring says it does. The switches reach the RSR
+# module through RSRNet: `_traced` records the fields of the RSR that RSRNet(**switch) builds, and
+# the step checks run the RSRCell of exactly that RSR on small random inputs.
 
 
 def _param_shapes(**kw):
-    m = rsrnet.RSRNet(**{**TINY, **kw})
-    shapes = jax.eval_shape(m.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"]
-    return jax.tree.map(lambda s: s.shape, shapes)
+    return _traced(**kw)[0]
 
 
-@pytest.mark.parametrize("switch", SWITCHES, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
-def test_every_ablation_switch_changes_the_model(switch):
-    assert _param_shapes(**switch) != _param_shapes()
+@functools.cache
+def _traced(**switch):
+    """(parameter shapes of RSRNet(**TINY, **switch), the fields of the RSR module it builds)."""
+    m = rsrnet.RSRNet(**{**TINY, **switch})
+    fields = {}
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, rsrnet.RSR) and context.method_name == "__call__":
+            fields.update({f.name: getattr(context.module, f.name) for f in dataclasses.fields(rsrnet.RSR)
+                           if f.name not in ("parent", "name")})
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        shapes = jax.eval_shape(m.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    return jax.tree.map(lambda s: s.shape, shapes), fields
+
+
+# the RSR state and features of a 32 px image (f4 is 4x4) at TINY's widths
+E, L, HID, HEAD = TINY["embed_features"], rsrnet.RSRNet.scales, TINY["hidden_features"], TINY["head_features"]
+STYLE = jax.random.normal(jax.random.PRNGKey(10), (2, 4, 4, HEAD))  # F_s
+CONTENT = jax.random.normal(jax.random.PRNGKey(11), (2, 4, 4, HEAD))  # F_c
+HIDDEN = jnp.tanh(jax.random.normal(jax.random.PRNGKey(12), (2, 4, 4, HID)))
+MASK = jax.random.normal(jax.random.PRNGKey(13), (2, 4, 4, 1))  # logits of both signs
+F4_TINY = jax.random.normal(jax.random.PRNGKey(14), (2, 4, 4, TINY["stage_features"][3]))
+
+
+def _rsr_of(**switch):
+    return rsrnet.RSR(**_traced(**switch)[1])
+
+
+@functools.cache
+def _cell(**switch):
+    """The RSRCell that RSRNet(**TINY, **switch) scans, and its parameters."""
+    cell = rsrnet.RSRCell(**_rsr_of(**switch).cell_config())
+    content = None if cell.similarity_only else CONTENT
+    return cell, cell.init(_key(5), (HIDDEN, MASK), STYLE, content)["params"]
+
+
+def _step(switch, h=HIDDEN, m=MASK):
+    """One RSR step: ((H', M'), full-resolution logits of M'), {child module of the cell: the
+    positional arguments it was called with}, the cell's parameters."""
+    cell, params = _cell(**switch)
+    calls = {}
+
+    def record(next_fun, args, kwargs, context):
+        if context.method_name == "__call__":
+            calls.setdefault(context.module.name, args)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        out = cell.apply({"params": params}, (h, m), STYLE, None if cell.similarity_only else CONTENT)
+    return out, calls, params
+
+
+def _conv3x3(features, params, x):
+    return layers.Conv2d(features, 3, 1, 1).apply({"params": params}, x)
+
+
+def _initial_state(**switch):
+    """(F_s, F_c or None, (H^0, M^0)) and the parameters of the RSR that RSRNet(**switch) builds."""
+    rsr = _rsr_of(**switch)
+    params = rsr.init(_key(6), F4_TINY, method=rsrnet.RSR.initial_state)
+    return rsr.apply(params, F4_TINY, method=rsrnet.RSR.initial_state), params["params"]
+
+
+def _differ(a, b) -> float:
+    return float(jnp.abs(a - b).max())
+
+
+def test_default_switches():
+    """The defaults are the full model; the tests below compare each switch against them."""
+    shapes, fields = _traced()
+    assert (fields["use_gru"], fields["scales"], fields["content_from"], fields["similarity_only"],
+            fields["upsample"]) == (True, L, "content", False, "convex")
+    assert {"content_head", "hidden_init", "style_head"} <= set(shapes["rsr"])
+    assert {"gru", "mask_embed", "sim_embed", "upsample_head"} <= set(shapes["rsr"]["cell"])
+    assert "gate" in shapes
+
+
+def test_use_gru_false_replaces_the_gru_by_a_state_without_recurrence():
+    shapes, _ = _traced(use_gru=False)
+    assert "gru" not in shapes["rsr"]["cell"] and "hidden_init" not in shapes["rsr"]
+    (h, m), up = _step(dict(use_gru=False))[0]
+    # H = tanh(conv3x3(ReLU(conv3x3(x)))) of the step's input x alone: the previous H plays no part
+    chex.assert_trees_all_equal(_step(dict(use_gru=False), h=-HIDDEN)[0], ((h, m), up))
+    _, calls, params = _step(dict(use_gru=False))
+    x = calls["state_conv0"][0]
+    chex.assert_shape(x, (2, 4, 4, E + E + HEAD + 1))  # [mask emb, S emb, F_c, sigma(M)]
+    ref = jnp.tanh(_conv3x3(HID, params["state_conv1"], nn.relu(_conv3x3(HID, params["state_conv0"], x))))
+    chex.assert_trees_all_close(h, ref, atol=1e-6)
+    # (with the GRU, the previous state matters)
+    assert _differ(_step({})[0][0][0], _step({}, h=-HIDDEN)[0][0][0]) > 1e-3
+
+
+def test_use_msm_false_keeps_only_the_plain_cosine_similarity():
+    shapes, fields = _traced(use_msm=False)
+    assert fields["scales"] == 1
+    assert shapes["rsr"]["cell"]["sim_embed"]["kernel"] == (3, 3, 1, E)
+    assert _param_shapes()["rsr"]["cell"]["sim_embed"]["kernel"] == (3, 3, L, E)
+    sim = np.asarray(_step(dict(use_msm=False))[1]["sim_embed"][0])
+    chex.assert_shape(sim, (2, 4, 4, 1))
+    # S_0 = cos(F_s, f_bg), f_bg = the mean of F_s over the pixels with sigma(M) < 0.5
+    style, background = np.asarray(STYLE), np.asarray(MASK)[..., 0] < 0
+    assert all(0 < b.sum() < b.size for b in background)
+    f_bg = np.stack([s[b].mean(0) for s, b in zip(style, background, strict=True)])
+    np.testing.assert_allclose(sim[..., 0], _cosine_reference(style, f_bg[:, None, None]), atol=1e-5)
+
+
+def test_content_from_style_feeds_f_s_where_f_c_was():
+    shapes, _ = _traced(content_from="style")
+    assert "content_head" not in shapes["rsr"]
+    (style, content, (h0, m0)), params = _initial_state(content_from="style")
+    chex.assert_trees_all_equal(content, style)
+    chex.assert_trees_all_close(
+        style, rsrnet.ConvHead(HEAD, HEAD).apply({"params": params["style_head"]}, F4_TINY), atol=1e-6)
+    # the hidden initialisation sees F_s: H^0 = tanh(conv3x3(F_s))
+    chex.assert_trees_all_close(h0, jnp.tanh(_conv3x3(HID, params["hidden_init"], style)), atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(m0), 0)
+    # (by default F_c is a head of its own, and H^0 is computed from it)
+    (style, content, (h0, _)), params = _initial_state()
+    assert _differ(content, style) > 1e-2
+    chex.assert_trees_all_close(h0, jnp.tanh(_conv3x3(HID, params["hidden_init"], content)), atol=1e-6)
+
+
+def test_similarity_only_gives_the_gru_the_similarity_alone():
+    shapes, _ = _traced(similarity_only=True)
+    assert not {"content_head", "hidden_init"} & set(shapes["rsr"])
+    assert "mask_embed" not in shapes["rsr"]["cell"]
+    assert shapes["rsr"]["cell"]["gru"]["conv_z"]["kernel"] == (3, 3, HID + E + L, HID)
+    (_, content, (h0, _)), _ = _initial_state(similarity_only=True)
+    assert content is None
+    np.testing.assert_array_equal(np.asarray(h0), 0)  # H^0 = 0: there is no content to start from
+    _, calls, params = _step(dict(similarity_only=True))
+    h_prev, x = calls["gru"]
+    chex.assert_trees_all_equal(h_prev, HIDDEN)
+    # x = [ReLU(conv3x3(S)), S]: no content feature, no mask channel
+    sim = rsrnet.similarity_map(STYLE, rsrnet.background_feature(STYLE, MASK), L)
+    chex.assert_trees_all_close(x, jnp.concatenate([nn.relu(_conv3x3(E, params["sim_embed"], sim)), sim], -1),
+                                atol=1e-6)
+    # the mask still defines the background: 3 M (the same background) gives the same GRU input
+    chex.assert_trees_all_equal(_step(dict(similarity_only=True), m=3 * MASK)[1]["gru"][1], x)
+    # (by default sigma(M) itself is an input)
+    assert _differ(_step({}, m=3 * MASK)[1]["gru"][1], _step({})[1]["gru"][1]) > 1e-2
+
+
+def test_bilinear_upsample_is_align_corners_bilinear_x8_of_the_logits():
+    shapes, fields = _traced(upsample="bilinear")
+    assert "upsample_head" not in shapes["rsr"]["cell"]
+    assert fields["factor"] == 8
+    (_, m), up = _step(dict(upsample="bilinear"))[0]
+    chex.assert_shape([m, up], [(2, 4, 4, 1), (2, 32, 32, 1)])
+    chex.assert_trees_all_close(up, layers.resize_bilinear(m, (32, 32), align_corners=True), atol=1e-6)
+    # (convex upsampling is not bilinear)
+    (_, m), up = _step({})[0]
+    assert _differ(up, layers.resize_bilinear(m, (32, 32), align_corners=True)) > 1e-3
+
+
+def test_combine_average_is_the_mean_of_the_two_masks():
+    shapes, _ = _traced(combine="average")
+    assert "gate" not in shapes
+    assert {k: v for k, v in _param_shapes().items() if k != "gate"} == shapes
+    out = _outputs(combine="average")
+    chex.assert_trees_all_close(out["mask"], (out["mask_dec"] + out["mask_rsr"]) / 2, atol=1e-7)
+    learned = _outputs()
+    chex.assert_trees_all_close({k: out[k] for k in ("mask_dec", "mask_rsr", "rsr_masks")},
+                                {k: learned[k] for k in ("mask_dec", "mask_rsr", "rsr_masks")}, atol=1e-6)
+    # (the learned gate is not the average)
+    assert _differ(learned["mask"], (learned["mask_dec"] + learned["mask_rsr"]) / 2) > 1e-4
 
 
 def test_bad_switch_values_and_bfloat16_compute():
@@ -339,9 +516,12 @@ def test_configs_and_registry():
         rsrnet_config.get_config("fast")
 
 
-def test_unroll_zero_means_full_unroll_on_cpu_else_the_given_factor():
-    assert jax.default_backend() == "cpu"
-    assert rsrnet.scan_unroll(0, 12) == 12
+@pytest.mark.parametrize("backend,auto", [("cpu", 12), ("gpu", 1), ("tpu", 1)])
+def test_unroll_zero_means_full_unroll_on_cpu_else_a_rolled_loop(monkeypatch, backend, auto):
+    # scan_unroll asks jax.default_backend() when it is called: pretend each backend in turn
+    monkeypatch.setattr(rsrnet.jax, "default_backend", lambda: backend)
+    assert rsrnet.scan_unroll(0, 12) == auto
     assert rsrnet.scan_unroll(3, 12) == 3
-    assert rsrnet.build(rsrnet_config.get_config("quick").model).unroll == 12
-
+    quick = rsrnet_config.get_config("quick").model
+    assert (quick.unroll, quick.iterations) == (0, 12)
+    assert rsrnet.build(quick).unroll == auto
