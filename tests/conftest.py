@@ -7,6 +7,10 @@ import jax
 import numpy as np
 import pytest
 
+# Numeric comparisons against float32 references assume float32 matrix products: on GPUs XLA
+# otherwise uses TF32 (10 mantissa bits) for float32 convolutions and dots. No effect on CPU.
+jax.config.update("jax_default_matmul_precision", "highest")
+
 
 def _params_without_gradient(model, variables: dict, image, loss_of_outputs: Callable) -> list[str]:
     """Paths of the parameters whose train-mode gradient of `loss_of_outputs(outputs)` is all zero."""
