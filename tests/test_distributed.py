@@ -13,7 +13,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
-from jirl_testing import free_port, subprocess_env
+from jirl_testing import free_port, run_processes, subprocess_env
 
 from jirl.training import distributed
 
@@ -176,39 +176,9 @@ def test_two_processes_match_one_process(tmp_path):
 
     two = str(tmp_path / "two")
     address = f"127.0.0.1:{free_port()}"
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                script,
-                "--workdir",
-                two,
-                "--data_dir",
-                data_dir,
-                "--coordinator_address",
-                address,
-                "--num_processes",
-                "2",
-                "--process_id",
-                str(i),
-            ],
-            env=_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        for i in range(2)
-    ]
-    outputs = []
-    for p in procs:
-        try:
-            out, err = p.communicate(timeout=300)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-        outputs.append((p.returncode, out, err))
+    outputs = run_processes(
+        [[script, "--workdir", two, "--data_dir", data_dir, "--coordinator_address", address,
+          "--num_processes", "2", "--process_id", str(i)] for i in range(2)], _env())
     for i, (rc, out, err) in enumerate(outputs):
         assert rc == 0, f"process {i}:\n{out[-3000:]}\n{err[-6000:]}"
         assert f"PROCESS {i} 2 2" in out, out

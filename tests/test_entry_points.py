@@ -15,17 +15,11 @@ import pytest
 from jirl_testing import free_port, run, run_processes, subprocess_env
 
 TINY = [
-    "--config.model.stem_features=4",
-    "--config.model.stage_features=(4,4,8,8,8)",
-    "--config.model.stage_blocks=(1,1,1,1,1)",
-    "--config.model.ggd_ch=4",
-    "--config.data.image_size=40",
-    "--config.data.crop_size=32",
-    "--config.data.num_train=40",
-    "--config.data.num_test=8",
-    "--config.batch_size=8",
-    "--config.eval.batch_size=8",
-    "--config.log_every_steps=1",
+    "--config.model.stem_features=4", "--config.model.stage_features=(4,4,8,8,8)",
+    "--config.model.stage_blocks=(1,1,1,1,1)", "--config.model.ggd_ch=4",
+    "--config.data.image_size=40", "--config.data.crop_size=32",
+    "--config.data.num_train=40", "--config.data.num_test=8", "--config.batch_size=8",
+    "--config.eval.batch_size=8", "--config.log_every_steps=1",
 ]
 DEVICE_COUNTS = [2, 8]
 
@@ -40,35 +34,25 @@ def trained(tmp_path_factory):
     def env(devices):
         return subprocess_env(devices, cache_dir=cache)
 
-    run(
-        [
-            "train.py",
-            *common,
-            "--workdir",
-            str(root / "run"),
-            "--config.num_train_steps=2",
-            "--config.eval_every_steps=2",
-            "--config.checkpoint_every_steps=2",
-        ],
-        env(1),
-    )
-    run(
-        [
-            "eval.py",
-            *common,
-            "--workdir",
-            str(root / "eval1"),
-            "--checkpoint",
-            str(root / "run" / "checkpoints" / "2"),
-        ],
-        env(1),
-    )
+    run(["train.py", *common, "--workdir", str(root / "run"), "--config.num_train_steps=2",
+         "--config.eval_every_steps=2", "--config.checkpoint_every_steps=2"], env(1))
+    run(_eval(common, root / "eval1", _checkpoint(root)), env(1))
     with open(root / "eval1" / "eval.json") as f:
         reference = json.load(f)["results"]["mask"]["all"]
     return root, common, env, reference
 
 
-def _assert_same_scores(result, reference):
+def _checkpoint(root):
+    return root / "run" / "checkpoints" / "2"
+
+
+def _eval(common, workdir, checkpoint, *extra) -> list[str]:
+    return ["eval.py", *common, "--workdir", str(workdir), "--checkpoint", str(checkpoint), *extra]
+
+
+def _assert_same_scores(workdir, reference):
+    with open(workdir / "eval.json") as f:
+        result = json.load(f)["results"]["mask"]["all"]
     assert result["count"] == reference["count"] == 8
     for k in ("ap", "f1", "iou"):
         assert abs(result[k] - reference[k]) < 1e-6, (k, result, reference)
@@ -77,36 +61,17 @@ def _assert_same_scores(result, reference):
 @pytest.mark.parametrize("devices", DEVICE_COUNTS)
 def test_eval_with_masks_on_several_devices(trained, devices, tmp_path):
     root, common, env, reference = trained
-    proc = run(
-        [
-            "eval.py",
-            *common,
-            "--workdir",
-            str(tmp_path),
-            "--save_masks",
-            "--checkpoint",
-            str(root / "run" / "checkpoints" / "2"),
-        ],
-        env(devices),
-    )
+    proc = run(_eval(common, tmp_path, _checkpoint(root), "--save_masks"), env(devices))
     assert "AP" in proc.stdout
-    with open(tmp_path / "eval.json") as f:
-        _assert_same_scores(json.load(f)["results"]["mask"]["all"], reference)
+    _assert_same_scores(tmp_path, reference)
     assert len(os.listdir(tmp_path / "masks" / "mask")) == 8
 
 
 @pytest.mark.parametrize("devices", DEVICE_COUNTS)
 def test_train_init_from_then_resume_on_several_devices(trained, devices, tmp_path):
     root, common, env, _ = trained
-    args = [
-        "train.py",
-        *common,
-        "--workdir",
-        str(tmp_path),
-        f"--config.init_from={root / 'run' / 'checkpoints' / '2'}",
-        "--config.eval_every_steps=100",
-        "--config.checkpoint_every_steps=1",
-    ]
+    args = ["train.py", *common, "--workdir", str(tmp_path), f"--config.init_from={_checkpoint(root)}",
+            "--config.eval_every_steps=100", "--config.checkpoint_every_steps=1"]
     first = run([*args, "--config.num_train_steps=1"], env(devices))
     assert "initialized params and BN statistics from" in first.stderr + first.stdout
     second = run([*args, "--config.num_train_steps=2"], env(devices))
@@ -120,30 +85,11 @@ def test_eval_over_two_processes_writes_every_mask(trained, tmp_path):
     root, common, env, reference = trained
     address = f"127.0.0.1:{free_port()}"
     outputs = run_processes(
-        [
-            [
-                "eval.py",
-                *common,
-                "--workdir",
-                str(tmp_path),
-                "--save_masks",
-                "--checkpoint",
-                str(root / "run" / "checkpoints" / "2"),
-                "--coordinator_address",
-                address,
-                "--num_processes",
-                "2",
-                "--process_id",
-                str(i),
-            ]
-            for i in range(2)
-        ],
-        env(1),
-    )
+        [_eval(common, tmp_path, _checkpoint(root), "--save_masks", "--coordinator_address", address,
+               "--num_processes", "2", "--process_id", str(i)) for i in range(2)], env(1))
     for i, (rc, out, err) in enumerate(outputs):
         assert rc == 0, f"process {i}:\n{out[-3000:]}\n{err[-6000:]}"
-    with open(tmp_path / "eval.json") as f:
-        _assert_same_scores(json.load(f)["results"]["mask"]["all"], reference)
+    _assert_same_scores(tmp_path, reference)
     # each process wrote the masks of the examples it read: every example once
     assert len(os.listdir(tmp_path / "masks" / "mask")) == 8
 
@@ -157,12 +103,11 @@ def official_files(trained, tmp_path_factory):
     from jirl.training import checkpoints as ckpt
 
     root, *_ = trained
-    step_dir = root / "run" / "checkpoints" / "2"
+    step_dir = _checkpoint(root)
     variables = jax.tree.map(np.asarray, ckpt.restore_model(str(step_dir), _stored_tree(step_dir)))
     sd = to_torch_layout(variables, official_module_name)
-    enc = {
-        k: torch.from_numpy(np.array(v)) for k, v in sd.items() if k.startswith(("inconv", "inbn", "encoder"))
-    }
+    enc = {k: torch.from_numpy(np.array(v)) for k, v in sd.items()
+           if k.startswith(("inconv", "inbn", "encoder"))}
     dec = {k: torch.from_numpy(np.array(v)) for k, v in sd.items() if k not in enc}
     out = tmp_path_factory.mktemp("official")
     torch.save(enc, out / "enc.pth")
@@ -184,23 +129,9 @@ def test_convert_on_several_devices(trained, official_files, devices, tmp_path):
     root, common, env, reference = trained
     files, variables = official_files
     out = tmp_path / "converted"
-    proc = run(
-        [
-            "-m",
-            "jirl.convert",
-            "dirl",
-            "--encoder",
-            str(files / "enc.pth"),
-            "--decoder",
-            str(files / "dec.pth"),
-            "--out",
-            str(out),
-            "--config",
-            "configs/dirl.py",
-            *[f for f in TINY if f.startswith("--config.model.")],
-        ],
-        env(devices),
-    )
+    proc = run(["-m", "jirl.convert", "dirl", "--encoder", str(files / "enc.pth"), "--decoder",
+                str(files / "dec.pth"), "--out", str(out), "--config", "configs/dirl.py",
+                *[f for f in TINY if f.startswith("--config.model.")]], env(devices))
     assert "wrote" in proc.stdout
     from jirl.training import checkpoints as ckpt
 
@@ -209,9 +140,8 @@ def test_convert_on_several_devices(trained, official_files, devices, tmp_path):
     restored = ckpt.restore_model(str(out), _stored_tree(step_dir))
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, restored), variables)
     # ... and eval.py on that many devices scores it as the original checkpoint
-    run(["eval.py", *common, "--workdir", str(tmp_path), "--checkpoint", str(out)], env(devices))
-    with open(tmp_path / "eval.json") as f:
-        _assert_same_scores(json.load(f)["results"]["mask"]["all"], reference)
+    run(_eval(common, tmp_path, out), env(devices))
+    _assert_same_scores(tmp_path, reference)
 
 
 def _unet_checkpoint(directory):
@@ -225,52 +155,27 @@ def _unet_checkpoint(directory):
     config.data.crop_size = 32
     _, model = build_model(config)
     variables = jax.device_get(init_model_variables(config, model))
-    return ckpt.write_model_checkpoint(
-        str(directory), variables, {"model": "unet", "config": json.loads(config.to_json_best_effort())}
-    )
+    return ckpt.write_model_checkpoint(str(directory), variables, {
+        "model": "unet", "config": json.loads(config.to_json_best_effort())})
 
 
 def test_init_from_and_eval_of_another_models_checkpoint_name_it(trained, tmp_path):
     root, common, env, _ = trained
     unet_dir = _unet_checkpoint(tmp_path / "unet")
     message = "is a unet checkpoint; the config builds dirl"
-    proc = run(
-        [
-            "train.py",
-            *common,
-            "--workdir",
-            str(tmp_path / "run"),
-            f"--config.init_from={unet_dir}",
-            "--config.num_train_steps=1",
-        ],
-        env(2),
-        check=False,
-    )
+    proc = run(["train.py", *common, "--workdir", str(tmp_path / "run"),
+                f"--config.init_from={unet_dir}", "--config.num_train_steps=1"], env(2), check=False)
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
-    proc = run(
-        ["eval.py", *common, "--workdir", str(tmp_path / "eval"), "--checkpoint", unet_dir],
-        env(2),
-        check=False,
-    )
+    proc = run(_eval(common, tmp_path / "eval", unet_dir), env(2), check=False)
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-3000:]
 
 
 def test_init_from_a_checkpoint_of_other_widths_lists_the_differences(trained, tmp_path):
     root, common, env, _ = trained
-    proc = run(
-        [
-            "train.py",
-            *common,
-            "--config.model.ggd_ch=8",
-            "--workdir",
-            str(tmp_path),
-            f"--config.init_from={root / 'run' / 'checkpoints' / '2'}",
-            "--config.num_train_steps=1",
-        ],
-        env(2),
-        check=False,
-    )
+    proc = run(["train.py", *common, "--config.model.ggd_ch=8", "--workdir", str(tmp_path),
+                f"--config.init_from={_checkpoint(root)}", "--config.num_train_steps=1"], env(2),
+               check=False)
     assert proc.returncode != 0, proc.stdout[-2000:]
     assert "does not fit the configured model" in proc.stderr
     assert "shape mismatch" in proc.stderr

@@ -52,8 +52,11 @@ def test_twenty_steps_lower_the_loss(twenty_steps):
     # the total is six (bce + 1 - ssim + iou) terms; a 3 % drop of the 5-step mean is > 4 sigma of
     # its step-to-step noise at this size
     assert last < 0.97 * first, (first, last)
+    # validation ran on the val split carved from the 64 training composites (10 %), not on test
     scores = results["mask"]["all"]
-    assert scores["count"] == 16 and 0.0 <= scores["iou"] <= 1.0
+    assert scores["count"] == 6 and 0.0 <= scores["iou"] <= 1.0
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        assert any("val/iou" in json.loads(line) for line in f)
 
 
 def test_run_writes_logs_and_checkpoints(twenty_steps):
@@ -85,6 +88,12 @@ def test_checkpoint_records_the_data_stream_and_refuses_a_changed_one(twenty_ste
     changed.seed = config.seed + 1
     changed.num_train_steps = 1000
     with pytest.raises(ValueError, match="cannot resume exactly: .*seed: checkpoint"):
+        loop.train_and_evaluate(changed, workdir)
+    # another validation split leaves other examples for training: also a changed stream
+    changed = config.copy_and_resolve_references()
+    changed.data.validation_seed = 1
+    changed.num_train_steps = 1000
+    with pytest.raises(ValueError, match="validation_seed: checkpoint 0 vs now 1"):
         loop.train_and_evaluate(changed, workdir)
 
 

@@ -3,6 +3,8 @@ the checkpoint importer's key rules and a replay of the official forward pass (n
 
 import json
 import os
+import subprocess
+import sys
 import zlib
 
 import chex
@@ -16,6 +18,8 @@ from jirl.convert import unet as convert
 from jirl.convert.mapping import assign
 from jirl.convert.torch_io import ConversionError
 from jirl.models import get_spec, unet
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "unet.npz")
 TINY = dict(stem_features=8, stage_features=(8, 8, 16, 16, 24), stage_blocks=(1, 2, 1, 1, 1))
@@ -233,10 +237,10 @@ def test_load_official_refuses_a_checkpoint_of_another_model(tmp_path):
         convert.load_official(str(tmp_path / "dirl_decoder.pth"), {})
 
 
-def test_cli_has_a_unet_subcommand(tmp_path, capsys):
-    from jirl.convert.__main__ import main
-
+def test_cli_has_a_unet_subcommand(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "taken").write_text("")
-    rc = main(["unet", "--checkpoint", "g_epoch59.pth", "--out", str(tmp_path / "out")])
-    assert rc == 2 and "is not empty" in capsys.readouterr().err
+    proc = subprocess.run([sys.executable, "-m", "jirl.convert", "unet", "--checkpoint",
+                           "g_epoch59.pth", "--out", str(tmp_path / "out")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "is not empty" in proc.stderr, proc.stderr[-2000:]

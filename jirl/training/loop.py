@@ -71,10 +71,18 @@ def _train_items(state: TrainState) -> dict:
     return {"step": state.step, "opt_state": state.opt_state}
 
 
+# The settings a training stream is a pure function of (with the step), as recorded in checkpoints.
+STREAM_KEYS = ("seed", "global_batch", "process_count", "source", "validation_fraction",
+               "validation_seed")
+
+
 def data_iterator_state(config: ml_collections.ConfigDict, step: int) -> dict:
-    """The training stream's position: its batches are a pure function of these values."""
+    """The training stream's position: its batches are a pure function of these values (the
+    validation settings decide which examples are left for training)."""
     return {"seed": int(config.seed), "step": int(step), "global_batch": int(config.batch_size),
-            "process_count": jax.process_count(), "source": config.data.source}
+            "process_count": jax.process_count(), "source": config.data.source,
+            "validation_fraction": float(config.data.validation_fraction),
+            "validation_seed": int(config.data.validation_seed)}
 
 
 def check_resumable_stream(saved: dict | None, config: ml_collections.ConfigDict, step: int) -> None:
@@ -82,8 +90,7 @@ def check_resumable_stream(saved: dict | None, config: ml_collections.ConfigDict
     if not saved:
         return
     now = data_iterator_state(config, step)
-    changed = {k: (saved.get(k), now[k]) for k in ("seed", "global_batch", "process_count", "source")
-               if saved.get(k) != now[k]}
+    changed = {k: (saved.get(k), now[k]) for k in STREAM_KEYS if saved.get(k) != now[k]}
     if changed:
         details = ", ".join(f"{k}: checkpoint {a} vs now {b}" for k, (a, b) in changed.items())
         raise ValueError(
