@@ -32,6 +32,17 @@ BEST_DIR = "best"
 UNREADABLE_DIR = "checkpoints.unreadable"
 
 
+class _DropItemMetadataWarning(logging.Filter):
+    """Drops Orbax's warning that an item directory has no step-level `_CHECKPOINT_METADATA`.
+
+    `restore_model` reads the `model` item of a step directory directly (a StandardCheckpointer
+    on `<step>/model`); that file lives one level up, so the warning is expected, not a problem.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Metadata file does not exist")
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable or does not fit the configured model."""
 
@@ -225,6 +236,8 @@ def restore_model(path: str, target: dict, *, mesh: Mesh | None = None,
     if model_cfg is not None:
         check_model_name(meta, model_cfg.get("name"), step_dir)
     ckptr = ocp.StandardCheckpointer()
+    quiet = _DropItemMetadataWarning()
+    logging.getLogger("absl").addFilter(quiet)
     try:
         stored = ckptr.metadata(os.path.join(step_dir, "model"))
         stored_tree = getattr(stored, "item_metadata", stored)
@@ -233,6 +246,7 @@ def restore_model(path: str, target: dict, *, mesh: Mesh | None = None,
         return ckptr.restore(os.path.join(step_dir, "model"), replicated_target(target, mesh))
     finally:
         ckptr.close()
+        logging.getLogger("absl").removeFilter(quiet)
 
 
 def _flat(tree: Any) -> dict[str, tuple]:
