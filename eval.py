@@ -2,7 +2,10 @@
 
   python eval.py --config configs/dirl.py:quick                 # best (else latest) in the workdir
   python eval.py --config configs/dirl.py --checkpoint DIR      # any checkpoint or step directory
-Writes <workdir>/eval.json; --save_masks also writes the predicted masks as PNGs.
+Writes <workdir>/eval.json; --save_masks also writes the predicted masks as PNGs. Beside the
+model it scores the trivial baselines (the mean training mask, the all-foreground mask; see
+jirl.training.baselines) unless --config.eval.baselines=False. --contact_sheet N draws N
+examples whose regions lie away from the image centre (composite | ground truth | prediction).
 """
 
 import json
@@ -12,11 +15,13 @@ import sys
 import jax
 from absl import app, flags
 
+from jirl import visualize
 from jirl.models import build_model, init_model_variables
+from jirl.training import baselines as jbase
 from jirl.training import checkpoints as ckpt
 from jirl.training import cli, distributed
 from jirl.training import mesh as jmesh
-from jirl.training.evaluate import evaluate, format_table
+from jirl.training.evaluate import evaluate, format_table, off_centre_sheet
 from jirl.training.steps import make_eval_step
 
 cli.define_flags()
@@ -25,6 +30,9 @@ flags.DEFINE_string("checkpoint", None, "Checkpoint to evaluate (default: the wo
                     "else its latest).")
 flags.DEFINE_string("split", None, "Split to evaluate (default: config.eval.split).")
 flags.DEFINE_bool("save_masks", False, "Also write predicted masks to <workdir>/masks/.")
+flags.DEFINE_integer("contact_sheet", 0, "Also write <workdir>/contact_sheet.png: the first N "
+                     "examples of the split whose region's centre lies >= 0.25 image sides from "
+                     "the image centre (composite | ground truth | prediction); one process.")
 FLAGS = flags.FLAGS
 
 
@@ -55,13 +63,24 @@ def main(argv):
     eval_step = jax.jit(make_eval_step(spec, config, model.apply))
     split = FLAGS.split or config.eval.split
     mask_dir = os.path.join(workdir, "masks") if FLAGS.save_masks else None
-    results = evaluate(config, eval_step, variables, mesh, split=split, mask_dir=mask_dir)
+    base = (jbase.mean_training_mask(config.data, config.eval.prior_examples)
+            if config.eval.baselines else None)
+    results = evaluate(config, eval_step, variables, mesh, split=split, mask_dir=mask_dir,
+                       baselines=base)
     print(f"checkpoint: {step_dir}\nsplit: {split}")
     print(format_table(results))
+    payload = {"checkpoint": step_dir, "split": split, "model": config.model.name,
+               "normalized": bool(config.eval.normalize), "results": results}
+    if base is not None:
+        payload["mean_mask"] = base.summary()
+        print("mean training mask: " + ", ".join(f"{k} {v:.4g}" for k, v in base.summary().items()))
+    if FLAGS.contact_sheet > 0:
+        sheet = off_centre_sheet(config, eval_step, variables, mesh, split=split,
+                                 mask_name=spec.primary_mask, count=FLAGS.contact_sheet)
+        visualize.save_png(os.path.join(workdir, "contact_sheet.png"), sheet)
+        print(f"contact sheet: {os.path.join(workdir, 'contact_sheet.png')}")
     if jax.process_index() == 0:
-        write_json_atomic(os.path.join(workdir, "eval.json"), {
-            "checkpoint": step_dir, "split": split, "model": config.model.name,
-            "normalized": bool(config.eval.normalize), "results": results})
+        write_json_atomic(os.path.join(workdir, "eval.json"), payload)
 
 
 if __name__ == "__main__":

@@ -83,4 +83,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.batch_size = 8
     c.eval.normalize = True  # the official protocol: min-max normalize each prediction
     c.eval.max_examples = -1  # -1 = the whole split
+    # Every evaluation also scores the trivial baselines (jirl.training.baselines): the mean of
+    # prior_examples training masks (evenly spread; -1 = all) and the all-foreground mask.
+    c.eval.baselines = True
+    c.eval.prior_examples = 2000
     return c

@@ -5,7 +5,9 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
@@ -43,14 +45,24 @@ def test_train_applies_command_line_overrides(trained):
 
 def test_eval_prints_metrics_writes_json_and_masks(trained):
     root, common, _ = trained
-    proc = _run("eval.py", *common, "--save_masks")
+    proc = _run("eval.py", *common, "--save_masks", "--contact_sheet=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "AP" in proc.stdout and "synthetic" in proc.stdout
     with open(root / "run" / "eval.json") as f:
         result = json.load(f)
     scores = result["results"]["mask"]["all"]
     assert scores["count"] == 8 and set(scores) >= {"ap", "f1", "iou"}
-    assert len(os.listdir(root / "run" / "masks" / "mask")) == 8
+    assert len(os.listdir(root / "run" / "masks" / "mask")) == 8  # masks of the model only
+    # The trivial baselines beside the model, in eval.json and the printed table.
+    for name in ("baseline/mean_mask", "baseline/all_foreground"):
+        assert result["results"][name]["all"]["count"] == 8
+        assert name in proc.stdout
+    fg = result["results"]["baseline/all_foreground"]["all"]
+    assert fg["iou"] == pytest.approx(fg["ap"], abs=1e-6) and 0.05 <= fg["iou"] <= 0.5
+    assert result["mean_mask"]["examples"] == 14  # 16 prepared, 2 held out as "val"
+    # The contact sheet: 3 rows of composite | ground truth | prediction at 32 px, 2 px gaps.
+    sheet = np.asarray(Image.open(root / "run" / "contact_sheet.png"))
+    assert sheet.shape == (3 * 34 + 2, 3 * 34 + 2, 3)
 
 
 def test_eval_of_a_checkpoint_path(trained):

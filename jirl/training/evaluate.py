@@ -10,11 +10,11 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
-from PIL import Image
 from tqdm import tqdm
 
 from jirl import data as jdata
-from jirl import metrics
+from jirl import metrics, visualize
+from jirl.training import baselines as jbase
 from jirl.training import mesh as jmesh
 
 
@@ -53,11 +53,7 @@ def _gather_strings(names: np.ndarray, width: int = 256) -> np.ndarray:
 
 def _save_png(path: str, mask: np.ndarray) -> None:
     """Writes a [H, W, 1] probability mask as an 8-bit PNG, atomically."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    Image.fromarray(np.round(np.clip(mask[..., 0], 0, 1) * 255).astype(np.uint8)).save(
-        tmp, format="PNG")
-    os.replace(tmp, path)
+    visualize.save_png(path, np.round(np.clip(mask[..., 0], 0, 1) * 255).astype(np.uint8))
 
 
 def _save_masks(directory: str, masks: np.ndarray, names: np.ndarray, valid: np.ndarray) -> None:
@@ -75,13 +71,16 @@ def evaluate(
     *,
     split: str | None = None,
     mask_dir: str | None = None,
+    baselines: jbase.Baselines | None = None,
     progress: bool = True,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Scores every mask the model outputs on `split`.
+    """Scores every mask the model outputs on `split`, and with `baselines` the trivial ones.
 
-    Returns {mask name: {"all": {"ap", "f1", "iou", "count"}, <sub-dataset>: {...}}}; with
-    `mask_dir`, writes each predicted mask as `<mask_dir>/<mask name>/<example name>.png` (each
-    process writes the examples it read, so a multi-process run writes every mask once).
+    Returns {mask name: {"all": {"ap", "f1", "iou", "count"}, <sub-dataset>: {...}}}, with the
+    rows `baseline/mean_mask` and `baseline/all_foreground` after the model's masks when
+    `baselines` is given (see jirl.training.baselines). With `mask_dir`, writes each predicted
+    mask as `<mask_dir>/<mask name>/<example name>.png` (each process writes the examples it
+    read, so a multi-process run writes every mask once).
     """
     split = split or config.eval.split
     global_batch = config.eval.batch_size
@@ -102,11 +101,16 @@ def evaluate(
         valid = _gather(np.asarray(batch["valid"], bool))
         subsets = _gather_strings(np.asarray(batch["subset"]))
         names = np.asarray(batch["name"])
-        for mask_name, values in per_image.items():
-            host = {k: _to_host(v) for k, v in values.items()}
+        per_image = {name: {k: _to_host(v) for k, v in values.items()}
+                     for name, values in per_image.items()}
+        if baselines is not None:
+            scores = jbase.score(baselines, batch["mask"], batch["valid"], config.eval.normalize)
+            per_image.update({name: {k: _gather(v) for k, v in values.items()}
+                              for name, values in scores.items()})
+        for mask_name, host in per_image.items():
             acc = accumulators.setdefault(mask_name, metrics.StreamingMetrics())
             acc.update(host, subsets, valid)
-            if mask_dir:
+            if mask_dir and mask_name in masks:
                 _save_masks(os.path.join(mask_dir, mask_name), _local_rows(masks[mask_name], mesh),
                             names, np.asarray(batch["valid"], bool))
         seen += int(valid.sum())
@@ -117,11 +121,58 @@ def evaluate(
 
 def format_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
     """A fixed-width table: one row per (mask, sub-dataset)."""
-    lines = [f"{'mask':<10} {'subset':<16} {'n':>6} {'AP':>8} {'F1':>8} {'IoU':>8}"]
+    width = max([10] + [len(name) for name in results])
+    lines = [f"{'mask':<{width}} {'subset':<16} {'n':>6} {'AP':>8} {'F1':>8} {'IoU':>8}"]
     for mask_name, groups in results.items():
         order = ["all"] + sorted(k for k in groups if k != "all")
         for g in order:
             r = groups[g]
-            lines.append(f"{mask_name:<10} {g:<16} {int(r['count']):>6} {r['ap']:>8.4f} "
+            lines.append(f"{mask_name:<{width}} {g:<16} {int(r['count']):>6} {r['ap']:>8.4f} "
                          f"{r['f1']:>8.4f} {r['iou']:>8.4f}")
     return "\n".join(lines)
+
+
+def off_centre_sheet(
+    config: ml_collections.ConfigDict,
+    eval_step: Callable,
+    variables: dict,
+    mesh: jax.sharding.Mesh,
+    *,
+    split: str,
+    mask_name: str,
+    count: int = 8,
+    min_offset: float = 0.25,
+) -> np.ndarray:
+    """A contact sheet (composite | ground truth | prediction) of the first `count` examples of
+    `split` whose region's centre of mass lies at least `min_offset` image sides from the image
+    centre: where a model that learned a central prior fails. One process only."""
+    if jax.process_count() > 1:
+        raise ValueError("the contact sheet is drawn by a single process; run eval.py without "
+                         "--contact_sheet on several hosts")
+    batch_size = config.eval.batch_size
+    chosen: dict[str, list] = {"image": [], "mask": []}
+    for batch in jdata.eval_batches(config.data, split, batch_size=batch_size):
+        for i in np.flatnonzero(batch["valid"]):
+            if visualize.region_offset(batch["mask"][i]) >= min_offset:
+                chosen["image"].append(batch["image"][i])
+                chosen["mask"].append(batch["mask"][i])
+        if len(chosen["image"]) >= count:
+            break
+    if not chosen["image"]:
+        raise ValueError(f"no example of '{split}' has its region >= {min_offset} from the centre")
+    images = np.stack(chosen["image"][:count])
+    gts = np.stack(chosen["mask"][:count])
+    preds = []
+    for start in range(0, len(images), batch_size):
+        n = min(batch_size, len(images) - start)
+        pad = batch_size - n
+        batch = {"image": np.pad(images[start:start + n], ((0, pad), (0, 0), (0, 0), (0, 0))),
+                 "mask": np.pad(gts[start:start + n], ((0, pad), (0, 0), (0, 0), (0, 0))),
+                 "valid": np.arange(batch_size) < n}
+        _, masks = eval_step(variables, jmesh.put_batch(batch, mesh))
+        preds.append(_to_host(masks[mask_name])[:n])
+    mean = np.asarray(config.data.mean, np.float32)
+    std = np.asarray(config.data.std, np.float32)
+    rows = [(img * std + mean, gt, pred)
+            for img, gt, pred in zip(images, gts, np.concatenate(preds), strict=True)]
+    return visualize.contact_sheet(rows)

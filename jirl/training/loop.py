@@ -15,6 +15,7 @@ from tqdm import tqdm
 from jirl import data as jdata
 from jirl.convert import backbones
 from jirl.models import build_model, init_model_variables
+from jirl.training import baselines as jbase
 from jirl.training import checkpoints as ckpt
 from jirl.training import mesh as jmesh
 from jirl.training.evaluate import evaluate, format_table
@@ -157,6 +158,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train_step = jax.jit(make_train_step(spec, config), donate_argnums=0,
                          out_shardings=(repl, repl))
     eval_step = jax.jit(make_eval_step(spec, config, model.apply))
+    # The trivial baselines are printed beside every validation (their scores do not change).
+    base = (jbase.mean_training_mask(config.data, config.eval.prior_examples)
+            if config.eval.baselines else None)
 
     start = int(state.step)
     writer = MetricWriter(workdir, resume_step=start)
@@ -197,7 +201,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     writer.write(step, logs, prefix="")
                     window_start, window_steps = time.perf_counter(), 0
                 if step % sched.eval_every == 0 or step == sched.total:
-                    results = evaluate(config, eval_step, state.variables(), mesh, split=val_split)
+                    results = evaluate(config, eval_step, state.variables(), mesh, split=val_split,
+                                       baselines=base)
                     scores = results[spec.primary_mask]["all"]
                     writer.write(step, {k: v for k, v in scores.items() if k != "count"},
                                  prefix=f"{val_split}/")

@@ -1,0 +1,62 @@
+"""Pictures of results: contact sheets of composites, ground truths and predictions."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+
+def region_offset(mask: np.ndarray) -> float:
+    """Distance of a mask's centre of mass from the image centre, in units of the image side.
+
+    0 for a region centred in the image, about 0.7 for one in a corner; NaN for an empty mask.
+    """
+    m = np.asarray(mask, np.float64).reshape(mask.shape[0], mask.shape[1])
+    total = m.sum()
+    if total <= 0:
+        return float("nan")
+    h, w = m.shape
+    cy = (m.sum(1) * (np.arange(h) + 0.5)).sum() / total / h
+    cx = (m.sum(0) * (np.arange(w) + 0.5)).sum() / total / w
+    return float(np.hypot(cy - 0.5, cx - 0.5))
+
+
+def _to_rgb_u8(x: np.ndarray) -> np.ndarray:
+    """[H, W, 1|3] values in [0, 1] -> [H, W, 3] uint8."""
+    x = np.asarray(x, np.float32)
+    if x.ndim == 2:
+        x = x[..., None]
+    if x.shape[-1] == 1:
+        x = np.repeat(x, 3, axis=-1)
+    return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def contact_sheet(rows: Sequence[Sequence[np.ndarray]], gap: int = 2) -> np.ndarray:
+    """Tiles ``rows`` of equally sized [H, W, 1|3] images in [0, 1] into one uint8 RGB image.
+
+    A ``gap``-pixel white border separates the tiles.
+    """
+    if not rows or not rows[0]:
+        raise ValueError("contact_sheet needs at least one row of images")
+    tiles = [[_to_rgb_u8(t) for t in row] for row in rows]
+    h, w = tiles[0][0].shape[:2]
+    cols = max(len(r) for r in tiles)
+    sheet = np.full((len(tiles) * (h + gap) + gap, cols * (w + gap) + gap, 3), 255, np.uint8)
+    for i, row in enumerate(tiles):
+        for j, tile in enumerate(row):
+            if tile.shape[:2] != (h, w):
+                raise ValueError(f"tile ({i}, {j}) is {tile.shape[:2]}, expected {(h, w)}")
+            y, x = gap + i * (h + gap), gap + j * (w + gap)
+            sheet[y:y + h, x:x + w] = tile
+    return sheet
+
+
+def save_png(path: str, image: np.ndarray) -> None:
+    """Writes a uint8 image as PNG atomically (a temporary file, then a rename)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    Image.fromarray(image).save(tmp, format="PNG")
+    os.replace(tmp, path)
