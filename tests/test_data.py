@@ -83,15 +83,37 @@ def test_generated_examples_are_valid_composites(split):
         assert ex["subset"] == "synthetic" and ex["name"].endswith("_1_1.png")
 
 
-def test_masks_are_single_objects_in_coverage_range():
+def test_regions_cover_the_frame_in_coverage_range():
+    """Regions are placed anywhere: no location prior for a model to learn instead of the cue."""
     rng = np.random.default_rng(0)
-    kinds = set()
-    for _ in range(60):
-        mask, kind = synthetic.sample_mask(rng, SIZE)
-        kinds.add(kind)
+    size = 32
+    masks, kinds = [], []
+    for _ in range(600):
+        mask, kind = synthetic.sample_mask(rng, size)
+        assert mask.shape == (size, size) and mask.dtype == bool
         assert synthetic.MIN_FG_FRACTION <= mask.mean() <= synthetic.MAX_FG_FRACTION
-        assert ndimage.label(mask)[1] == 1, kind
-    assert kinds == set(synthetic.MASK_SHAPES)
+        masks.append(mask)
+        kinds.append(kind)
+    masks = np.array(masks)
+    assert set(kinds) == set(synthetic.MASK_SHAPES)
+    prior = masks.mean(0)
+    centre = prior[12:20, 12:20].mean()
+    corners = np.mean([prior[:8, :8].mean(), prior[:8, -8:].mean(), prior[-8:, :8].mean(),
+                       prior[-8:, -8:].mean()])
+    # Independent of place: a nearly flat mean mask (the old central regions gave 0.85 / 0.016).
+    assert centre < 0.3 and corners > 0.04 and centre / corners < 4.0, (centre, corners)
+    # Every quarter of the image holds a region's centre of mass equally often.
+    cy, cx = np.array([ndimage.center_of_mass(m) for m in masks]).T / size
+    quarters = np.histogram2d(cy, cx, bins=2, range=[[0, 1], [0, 1]])[0].ravel() / len(masks)
+    np.testing.assert_allclose(quarters, 0.25, atol=0.05)
+    # Regions are cut by the frame as in photos; groups have several separate parts.
+    touches = [m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any() for m in masks]
+    assert 0.3 < np.mean(touches) < 0.9
+    parts = [ndimage.label(m)[1] for m, k in zip(masks, kinds, strict=True) if k == "parts"]
+    assert np.mean(np.array(parts) >= 2) > 0.5
+    # Sizes spread over the range (log-uniform draws), not bunched.
+    fractions = masks.mean((1, 2))
+    assert fractions.min() < 0.07 and fractions.max() > 0.4 and np.median(fractions) < 0.2
 
 
 def test_photos_load_offline():

@@ -4,7 +4,9 @@ Each example is built the way iHarmony4 built its composites (Cong et al., "Dove
 2020, §3): take a real photo, pick an object-like foreground region, change the foreground's
 appearance (colour transfer from another photo, exposure, gamma, white balance, saturation, hue)
 and paste it back, so the untouched photo is the harmonious ``real`` image and the binary mask
-marks the inharmonious region.
+marks the inharmonious region. Regions are placed anywhere (centres uniform over the image,
+clipped by the border) with shapes unrelated to the photo, so that the change of appearance is the
+only cue: the mean training mask is nearly flat (see ``sample_mask``).
 
 Source photos (bundled inside the wheels, loaded with no network access): scikit-image
 ``skimage.data`` astronaut, coffee, chelsea, rocket, immunohistochemistry and the left view of
@@ -32,7 +34,6 @@ from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
-from scipy import ndimage
 from skimage import color
 
 SPLITS = ("train", "test")
@@ -168,81 +169,123 @@ def crop_resize(image: np.ndarray, box: Box, size: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------
-# Object-like masks.
+# Inharmonious regions: anywhere in the frame, any object-like shape.
+#
+# A region is drawn on the image plane with its centre uniform over the whole image, so it may
+# run past the border and be clipped there, as objects in photos are cut by the frame. Its
+# visible area, drawn log-uniformly, must lie in [MIN_FG_FRACTION, MAX_FG_FRACTION]. With
+# centres uniform and shapes unrelated to the photo's content, neither where a region is nor
+# what it outlines says that it is inharmonious: only its changed appearance does.
 
 
-def _blob_mask(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Smooth blob: low-frequency noise plus a Gaussian bump, thresholded, holes filled."""
-    grid = int(rng.integers(3, 7))
-    noise = rng.standard_normal((grid, grid)).astype(np.float32)
-    field = np.asarray(Image.fromarray(noise).resize((size, size), Image.Resampling.BICUBIC))
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    cy, cx = rng.uniform(0.3, 0.7, size=2)
-    sigma = rng.uniform(0.15, 0.3)
-    bump = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2))
-    field = 0.5 * field / (np.abs(field).max() + 1e-6) + bump
-    target = rng.uniform(0.08, 0.45)
-    return ndimage.binary_fill_holes(field > np.quantile(field, 1.0 - target))
+def _plane(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates (y, x) in units of the image side, in (0, 1)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    return (yy + 0.5) / size, (xx + 0.5) / size
 
 
-def _ellipse_mask(rng: np.random.Generator, size: int) -> np.ndarray:
-    target = rng.uniform(0.06, 0.45)
+def _ellipse(rng: np.random.Generator, size: int, area: float, centre: np.ndarray) -> np.ndarray:
+    """A rotated ellipse of the given area (fraction of the image, before clipping)."""
     ratio = rng.uniform(0.35, 1.0)
-    a = np.sqrt(target * size * size / (np.pi * ratio))
+    a = np.sqrt(area / (np.pi * ratio))
     b = ratio * a
     theta = rng.uniform(0.0, np.pi)
-    cy, cx = rng.uniform(0.3, 0.7, size=2) * size
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
-    u = (xx - cx) * np.cos(theta) + (yy - cy) * np.sin(theta)
-    v = -(xx - cx) * np.sin(theta) + (yy - cy) * np.cos(theta)
+    yy, xx = _plane(size)
+    dy, dx = yy - centre[0], xx - centre[1]
+    u = dx * np.cos(theta) + dy * np.sin(theta)
+    v = -dx * np.sin(theta) + dy * np.cos(theta)
     return (u / a) ** 2 + (v / b) ** 2 <= 1.0
 
 
-def _polygon_mask(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Random star-shaped polygon (5-12 vertices) around a random centre."""
+def _blob(rng: np.random.Generator, size: int, area: float, centre: np.ndarray) -> np.ndarray:
+    """A smooth star-shaped blob: radius R (1 + sum_k a_k cos(k theta + phi_k)), k = 1..4."""
+    k = np.arange(1, 5)
+    amp = rng.uniform(0.0, 0.3, 4) / k
+    phase = rng.uniform(0.0, 2 * np.pi, 4)
+    radius = np.sqrt(area / (np.pi * (1.0 + 0.5 * np.sum(amp**2))))  # exact mean area
+    yy, xx = _plane(size)
+    dy, dx = yy - centre[0], xx - centre[1]
+    theta = np.arctan2(dy, dx)[..., None]
+    edge = radius * (1.0 + np.sum(amp * np.cos(k * theta + phase), axis=-1))
+    return np.hypot(dy, dx) <= edge
+
+
+def _polygon(rng: np.random.Generator, size: int, area: float, centre: np.ndarray) -> np.ndarray:
+    """A random star-shaped polygon (5-12 vertices) of the given area."""
     n = int(rng.integers(5, 13))
     angles = np.sort(rng.uniform(0.0, 2 * np.pi, n))
     radii = rng.uniform(0.55, 1.0, n)
-    target = rng.uniform(0.06, 0.45)
-    # Area of the polygon with unit scale, to scale it to the target coverage.
     xs, ys = radii * np.cos(angles), radii * np.sin(angles)
     unit_area = 0.5 * abs(np.dot(xs, np.roll(ys, -1)) - np.dot(ys, np.roll(xs, -1)))
-    scale = np.sqrt(target * size * size / max(unit_area, 1e-3))
-    cy, cx = rng.uniform(0.3, 0.7, size=2) * size
+    scale = np.sqrt(area / max(unit_area, 1e-3)) * size
+    cy, cx = centre * size
     points = [(float(cx + scale * x), float(cy + scale * y)) for x, y in zip(xs, ys, strict=True)]
     canvas = Image.new("L", (size, size), 0)
     ImageDraw.Draw(canvas).polygon(points, fill=255)
     return np.asarray(canvas) > 127
 
 
-MASK_SHAPES: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
-    "blob": _blob_mask,
-    "ellipse": _ellipse_mask,
-    "polygon": _polygon_mask,
+_SOLIDS = (_ellipse, _blob, _polygon)
+
+
+def _solid(rng: np.random.Generator, size: int, area: float) -> np.ndarray:
+    """One ellipse, blob or polygon, centred uniformly anywhere in the image."""
+    shape = _SOLIDS[int(rng.integers(len(_SOLIDS)))]
+    return shape(rng, size, area, rng.uniform(0.0, 1.0, 2))
+
+
+def _parts(rng: np.random.Generator, size: int, area: float) -> np.ndarray:
+    """Two to four separate solids sharing the area (a group of objects)."""
+    count = int(rng.integers(2, 5))
+    shares = rng.dirichlet(np.full(count, 2.0)) * area
+    mask = np.zeros((size, size), bool)
+    for share in shares:
+        mask |= _solid(rng, size, float(share))
+    return mask
+
+
+def _thin(rng: np.random.Generator, size: int, area: float) -> np.ndarray:
+    """One to three wandering strokes (poles, limbs, wires) of total area ~ ``area``."""
+    count = int(rng.integers(1, 4))
+    length = rng.uniform(0.5, 1.3)  # per stroke, in image sides
+    width = float(np.clip(area / (count * length), 0.02, 0.08))
+    canvas = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(canvas)
+    for _ in range(count):
+        turns = int(rng.integers(1, 4))
+        point = rng.uniform(0.0, 1.0, 2)
+        heading = rng.uniform(0.0, 2 * np.pi)
+        points = [point]
+        for _ in range(turns):
+            heading += rng.normal(0.0, 0.6)
+            point = point + (length / turns) * np.array([np.cos(heading), np.sin(heading)])
+            points.append(point)
+        xy = [(float(p[0] * size), float(p[1] * size)) for p in points]
+        draw.line(xy, fill=255, width=max(1, int(round(width * size))), joint="curve")
+    return np.asarray(canvas) > 127
+
+
+MASK_SHAPES: dict[str, Callable[[np.random.Generator, int, float], np.ndarray]] = {
+    "solid": _solid,
+    "parts": _parts,
+    "thin": _thin,
 }
+_SHAPE_WEIGHTS = np.array([0.6, 0.25, 0.15])
 
 
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    labels, count = ndimage.label(mask)
-    if count <= 1:
-        return mask
-    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1))
-    return labels == (1 + int(np.argmax(sizes)))
+def sample_mask(rng: np.random.Generator, size: int, max_tries: int = 50) -> tuple[np.ndarray, str]:
+    """Returns a bool [size, size] region covering 5-50 % of the image, placed anywhere, and its kind.
 
-
-def sample_mask(rng: np.random.Generator, size: int, max_tries: int = 20) -> tuple[np.ndarray, str]:
-    """Returns an object-like bool [size, size] mask covering 5-50 % of the image, and its kind."""
+    The visible area is drawn log-uniformly in [MIN_FG_FRACTION, MAX_FG_FRACTION]; a shape whose
+    clipped area falls outside that range is redrawn.
+    """
     for _ in range(max_tries):
-        kind = str(rng.choice(list(MASK_SHAPES)))
-        # One object: shapes cut by the image border may fall apart; keep the largest piece.
-        mask = _largest_component(MASK_SHAPES[kind](rng, size))
+        kind = str(rng.choice(list(MASK_SHAPES), p=_SHAPE_WEIGHTS))
+        area = float(np.exp(rng.uniform(np.log(MIN_FG_FRACTION), np.log(MAX_FG_FRACTION))))
+        mask = MASK_SHAPES[kind](rng, size, area)
         if MIN_FG_FRACTION <= mask.mean() <= MAX_FG_FRACTION:
             return mask, kind
-    # Fallback that always fits: a centred ellipse covering ~20 %.
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
-    r = np.sqrt(0.2 / np.pi) * size
-    return (yy - size / 2) ** 2 + (xx - size / 2) ** 2 <= r * r, "ellipse"
-
+    raise RuntimeError(f"no region of 5-50 % in {max_tries} draws at size {size}")  # pragma: no cover
 
 # ----------------------------------------------------------------------------------------------
 # Foreground appearance changes. Each acts on float RGB pixels in [0, 1] of shape [N, 3].

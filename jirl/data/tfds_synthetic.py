@@ -73,10 +73,13 @@ class SyntheticComposites(ArrayRecordBuilder):
     """Synthetic iHarmony-style composites from photos shipped with scikit-image/scikit-learn."""
 
     name = "jirl_synthetic"
-    VERSION = tfds.core.Version("1.1.0")
+    VERSION = tfds.core.Version("2.0.0")
     RELEASE_NOTES = {
         "1.0.0": "Initial release.",
         "1.1.0": "Image-wide scene variation before compositing (no memorizable photo colours).",
+        "2.0.0": "Regions anywhere in the frame (uniform centres, clipped at the border), 5-50 % "
+        "log-uniform visible area, single solids, groups of 2-4 parts and thin strokes: the "
+        "appearance change is the only cue, not a central location prior.",
     }
     BUILDER_CONFIGS = [DEFAULT_CONFIG]
     DEFAULT_BUILDER_CONFIG_NAME = DEFAULT_CONFIG.name
