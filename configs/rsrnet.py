@@ -7,7 +7,7 @@ Variants:
                            K = 12 iterations, 4 similarity scales, batch 32, crop 224, Adam 1e-4
                            (L2 1e-4), x0.5 at epochs 30/40/50/55, 60 epochs.
   configs/rsrnet.py:quick  a CPU demo with the same data, optimizer and schedule as
-                           configs/dirl.py:quick (so the two are comparable): narrow model, 64 px.
+                           configs/dirl.py:quick (so the two are comparable): narrow model, 48 px.
 
 Ablations of the paper's Table 2 are config.model switches, e.g. --config.model.use_gru=False,
 use_msm=False, content_from=style, upsample=bilinear, combine=average, similarity_only=True.
@@ -64,7 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A small RSRNet on 64 px synthetic composites; data/optimizer/schedule as configs/dirl.py:quick."""
+    """A small RSRNet on 48 px synthetic composites; data/optimizer/schedule as configs/dirl.py:quick."""
     from configs import dirl
 
     c.model.stem_features = 16

@@ -55,6 +55,9 @@ def test_twenty_steps_lower_the_loss(twenty_steps):
     # validation ran on the val split carved from the 64 training composites (10 %), not on test
     scores = results["mask"]["all"]
     assert scores["count"] == 6 and 0.0 <= scores["iou"] <= 1.0
+    # ... with the trivial baselines beside the model (their prior from the 58 training masks)
+    for name in ("baseline/mean_mask", "baseline/all_foreground"):
+        assert results[name]["all"]["count"] == 6
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         assert any("val/iou" in json.loads(line) for line in f)
 

@@ -46,7 +46,9 @@ MIN_FG_FRACTION = 0.05
 MAX_FG_FRACTION = 0.50
 
 # Minimum mean absolute change (0..255 scale) over the foreground for a change to count as visible.
-MIN_VISIBLE_CHANGE = 8.0
+# 20 rather than a barely visible 8: a region placed anywhere is found only by its appearance, and
+# with 8 the quick DIRL reached val IoU 0.21 after 300 steps against 0.28 with 20.
+MIN_VISIBLE_CHANGE = 20.0
 
 
 def _skimage(name: str) -> Callable[[], np.ndarray]:

@@ -88,4 +88,4 @@ def score(baselines: Baselines, target: np.ndarray, valid: np.ndarray,
     """Per-image {"ap", "f1", "iou"} of both baselines against a (process-local) batch of masks."""
     out = _score(jnp.asarray(baselines.mean_mask), jnp.asarray(target, jnp.float32),
                  jnp.asarray(valid, bool), normalize)
-    return jax.tree_util.tree_map(np.asarray, out)
+    return {name: {k: np.asarray(v) for k, v in out[name].items()} for name in NAMES}
