@@ -257,8 +257,7 @@ def load_source(data_cfg, split: str) -> Sequence[dict]:
     return IndexView(base.source, indices, name=split)
 
 
-def augment_config(data_cfg) -> transforms.AugmentConfig:
-    """The transforms' settings (crop size, normalization) of a data config."""
+def _augment_config(data_cfg) -> transforms.AugmentConfig:
     return transforms.AugmentConfig(
         crop_size=int(data_cfg["crop_size"]),
         mean=tuple(float(v) for v in data_cfg["mean"]),
@@ -443,7 +442,7 @@ def train_batches(
         batch_size=batch_size,
         process_index=process_index,
         process_count=process_count,
-        aug=augment_config(data_cfg),
+        aug=_augment_config(data_cfg),
     )
     slots = grain.MapDataset.range(start_step * batch_size, _ENDLESS_STEPS * batch_size)
     dataset = slots.map(example_fn).batch(batch_size, drop_remainder=True, batch_fn=_collate)
@@ -479,7 +478,7 @@ def eval_batches(
         batch_size=batch_size,
         process_index=process_index,
         process_count=process_count,
-        aug=augment_config(data_cfg),
+        aug=_augment_config(data_cfg),
     )
     slots = grain.MapDataset.range(0, num_batches * batch_size)
     dataset = slots.map(example_fn).batch(batch_size, drop_remainder=True, batch_fn=_collate)

@@ -150,13 +150,21 @@ def train_transform(record: dict, rng: np.random.Generator, cfg: AugmentConfig) 
     return _output(crop_images, crop_mask, record, cfg)
 
 
+def eval_mask(mask_u8: np.ndarray, size: int) -> np.ndarray:
+    """Evaluation's resize of a uint8 mask [H, W(, 1)]: bilinear to size x size, > 0.5 -> bool
+    [size, size, 1]."""
+    mask = np.asarray(mask_u8)
+    if mask.ndim == 2:
+        mask = mask[..., None]
+    return resize_bilinear(mask.astype(np.float32) / 255.0, size, size) > 0.5
+
+
 def eval_transform(record: dict, cfg: AugmentConfig) -> dict:
     """Resize to crop x crop (bilinear; mask thresholded at 0.5), no randomness."""
     composite, real, mask_u8 = _arrays(record)
     size = cfg.crop_size
     crop_images = resize_bilinear(np.concatenate([composite, real], -1), size, size)
-    crop_mask = resize_bilinear(mask_u8.astype(np.float32) / 255.0, size, size) > 0.5
-    return _output(crop_images, crop_mask, record, cfg)
+    return _output(crop_images, eval_mask(mask_u8, size), record, cfg)
 
 
 def padding_example(cfg: AugmentConfig) -> dict:

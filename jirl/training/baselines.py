@@ -22,7 +22,7 @@ from jax.experimental import multihost_utils
 
 from jirl import data as jdata
 from jirl import metrics
-from jirl.data import pipeline, transforms
+from jirl.data import transforms
 
 MEAN_MASK = "baseline/mean_mask"
 ALL_FOREGROUND = "baseline/all_foreground"
@@ -61,11 +61,10 @@ def mean_training_mask(data_cfg: ml_collections.ConfigDict, max_examples: int = 
     """
     source = jdata.load_source(data_cfg, "train")
     indices = _spread(len(source), max_examples)
-    aug = pipeline.augment_config(data_cfg)
-    size = aug.crop_size
+    size = int(data_cfg.crop_size)
     total = np.zeros((size, size, 1), np.float64)
     for i in indices[jax.process_index()::jax.process_count()]:
-        total += transforms.eval_transform(source[int(i)], aug)["mask"]
+        total += transforms.eval_mask(source[int(i)]["mask"], size)
     if jax.process_count() > 1:
         total = np.asarray(multihost_utils.process_allgather(total)).sum(0)
     return Baselines((total / len(indices)).astype(np.float32), len(indices))
