@@ -51,6 +51,9 @@ def main(argv):
     distributed.initialize_from_flags()  # before anything touches devices
     cli.quiet_libraries()
     config = FLAGS.config
+    if FLAGS.contact_sheet > 0 and jax.process_count() > 1:
+        sys.exit("eval.py: --contact_sheet is drawn by a single process; run it without "
+                 "--contact_sheet on several hosts, or on one host")
     workdir = cli.workdir()
     spec, model = build_model(config)
     mesh = jmesh.make_mesh()

@@ -63,6 +63,18 @@ def test_eval_prints_metrics_writes_json_and_masks(trained):
     # The contact sheet: 3 rows of composite | ground truth | prediction at 32 px, 2 px gaps.
     sheet = np.asarray(Image.open(root / "run" / "contact_sheet.png"))
     assert sheet.shape == (3 * 34 + 2, 3 * 34 + 2, 3)
+    # Every ground-truth tile (middle column) is a region >= 0.25 sides away from the centre.
+    for row in range(3):
+        y = 2 + row * 34
+        truth = sheet[y:y + 32, 36:68, 0] > 127
+        assert _offset(truth) >= 0.25, row
+
+
+def _offset(mask: np.ndarray) -> float:
+    """Distance of a mask's centre of mass from the image centre, in image sides (reference)."""
+    ys, xs = np.nonzero(mask)
+    return float(np.hypot((ys.mean() + 0.5) / mask.shape[0] - 0.5,
+                          (xs.mean() + 0.5) / mask.shape[1] - 0.5))
 
 
 def test_eval_of_a_checkpoint_path(trained):
