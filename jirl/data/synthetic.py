@@ -174,8 +174,9 @@ def crop_resize(image: np.ndarray, box: Box, size: int) -> np.ndarray:
 # Inharmonious regions: anywhere in the frame, any object-like shape.
 #
 # A region is drawn on the image plane with its centre uniform over the whole image, so it may
-# run past the border and be clipped there, as objects in photos are cut by the frame. Its
-# visible area, drawn log-uniformly, must lie in [MIN_FG_FRACTION, MAX_FG_FRACTION]. With
+# run past the border and be clipped there, as objects in photos are cut by the frame. Its area
+# is drawn log-uniformly in [MIN_FG_FRACTION, MAX_FG_FRACTION], and what remains visible after
+# clipping must lie in that range too (else it is redrawn). With
 # centres uniform and shapes unrelated to the photo's content, neither where a region is nor
 # what it outlines says that it is inharmonious: only its changed appearance does.
 
@@ -278,8 +279,8 @@ _SHAPE_WEIGHTS = np.array([0.6, 0.25, 0.15])
 def sample_mask(rng: np.random.Generator, size: int, max_tries: int = 50) -> tuple[np.ndarray, str]:
     """Returns a bool [size, size] region covering 5-50 % of the image, placed anywhere, and its kind.
 
-    The visible area is drawn log-uniformly in [MIN_FG_FRACTION, MAX_FG_FRACTION]; a shape whose
-    clipped area falls outside that range is redrawn.
+    The shape's area is drawn log-uniformly in [MIN_FG_FRACTION, MAX_FG_FRACTION]; a shape whose
+    visible (clipped) area falls outside that range is redrawn.
     """
     for _ in range(max_tries):
         kind = str(rng.choice(list(MASK_SHAPES), p=_SHAPE_WEIGHTS))
