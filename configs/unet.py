@@ -9,7 +9,7 @@ Variants:
                          (RandomResizedCrop scale 0.9-1), Adam 1e-4 (L2 1e-4), x0.5 at epochs
                          30/40/50/55, 60 epochs.
   configs/unet.py:quick  a CPU demo with the same data, optimizer and schedule as
-                         configs/dirl.py:quick (so the two are comparable): narrow model, 48 px.
+                         configs/dirl.py:quick (so the two are comparable): narrow model, 32 px.
 """
 
 import ml_collections
@@ -49,7 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A small UNet on 48 px synthetic composites; data/optimizer/schedule as configs/dirl.py:quick."""
+    """A small UNet on 32 px synthetic composites; data/optimizer/schedule as configs/dirl.py:quick."""
     from configs import dirl
 
     c.model.stem_features = 16

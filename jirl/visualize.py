@@ -34,14 +34,17 @@ def _to_rgb_u8(x: np.ndarray) -> np.ndarray:
     return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def contact_sheet(rows: Sequence[Sequence[np.ndarray]], gap: int = 2) -> np.ndarray:
+def contact_sheet(rows: Sequence[Sequence[np.ndarray]], gap: int = 2, scale: int = 1) -> np.ndarray:
     """Tiles ``rows`` of equally sized [H, W, 1|3] images in [0, 1] into one uint8 RGB image.
 
-    A ``gap``-pixel white border separates the tiles.
+    Each tile is enlarged ``scale`` times (nearest neighbour, so pixels stay visible as pixels); a
+    ``gap``-pixel white border separates the tiles.
     """
     if not rows or not rows[0]:
         raise ValueError("contact_sheet needs at least one row of images")
-    tiles = [[_to_rgb_u8(t) for t in row] for row in rows]
+    if scale < 1:
+        raise ValueError(f"scale must be >= 1, got {scale}")
+    tiles = [[_to_rgb_u8(t).repeat(scale, axis=0).repeat(scale, axis=1) for t in row] for row in rows]
     h, w = tiles[0][0].shape[:2]
     cols = max(len(r) for r in tiles)
     sheet = np.full((len(tiles) * (h + gap) + gap, cols * (w + gap) + gap, 3), 255, np.uint8)

@@ -102,3 +102,11 @@ def test_contact_sheet_places_tiles_with_gaps():
     np.testing.assert_array_equal(sheet[5], 255)  # the gap row
     with pytest.raises(ValueError, match="expected"):
         visualize.contact_sheet([(a, np.zeros((3, 5, 3)))])
+    # Enlarged 3x by pixel repetition: every source pixel becomes a 3x3 block.
+    c = np.arange(4 * 5, dtype=np.float32).reshape(4, 5, 1) / 19.0
+    big = visualize.contact_sheet([(c,)], gap=0, scale=3)
+    chex.assert_shape(big, (12, 15, 3))
+    expected = np.round(c[..., 0] * 255).astype(np.uint8)
+    for dy in range(3):
+        for dx in range(3):
+            np.testing.assert_array_equal(big[dy::3, dx::3, 1], expected)

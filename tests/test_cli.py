@@ -60,13 +60,14 @@ def test_eval_prints_metrics_writes_json_and_masks(trained):
     fg = result["results"]["baseline/all_foreground"]["all"]
     assert fg["iou"] == pytest.approx(fg["ap"], abs=1e-6) and 0.05 <= fg["iou"] <= 0.5
     assert result["mean_mask"]["examples"] == 14  # 16 prepared, 2 held out as "val"
-    # The contact sheet: 3 rows of composite | ground truth | prediction at 32 px, 2 px gaps.
+    # The contact sheet: 3 rows of composite | ground truth | prediction, 32 px enlarged 4x to
+    # 128 px tiles, 2 px gaps.
     sheet = np.asarray(Image.open(root / "run" / "contact_sheet.png"))
-    assert sheet.shape == (3 * 34 + 2, 3 * 34 + 2, 3)
+    assert sheet.shape == (3 * 130 + 2, 3 * 130 + 2, 3)
     # Every ground-truth tile (middle column) is a region >= 0.25 sides away from the centre.
     for row in range(3):
-        y = 2 + row * 34
-        truth = sheet[y:y + 32, 36:68, 0] > 127
+        y = 2 + row * 130
+        truth = sheet[y:y + 128, 132:260, 0] > 127
         assert _offset(truth) >= 0.25, row
 
 

@@ -144,6 +144,20 @@ def test_train_and_test_regions_are_disjoint():
             assert ex["box"].inside(region) if split == "test" else not ex["box"].intersects(region)
 
 
+def test_train_and_test_crops_share_one_range_of_scales():
+    """Crops of both splits are 0.7-1.0 of the photo's test square's side, so that a test composite
+    shows its content at the scales training saw."""
+    rng = np.random.default_rng(1)
+    for name in synthetic.PHOTOS:
+        side = synthetic.test_region(name).size
+        sizes = {split: np.array([synthetic.sample_box(rng, name, split).size for _ in range(300)])
+                 for split in synthetic.SPLITS}
+        for split, s in sizes.items():
+            assert int(0.7 * side) <= s.min() and s.max() <= side, (name, split)
+            assert s.max() - s.min() >= 0.2 * side, (name, split)  # the whole range is used
+        assert abs(sizes["train"].mean() - sizes["test"].mean()) < 0.03 * side, name
+
+
 def test_box_geometry():
     a = synthetic.Box(0, 0, 10)
     assert a.intersects(synthetic.Box(9, 9, 5))

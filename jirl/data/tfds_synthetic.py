@@ -73,13 +73,16 @@ class SyntheticComposites(ArrayRecordBuilder):
     """Synthetic iHarmony-style composites from photos shipped with scikit-image/scikit-learn."""
 
     name = "jirl_synthetic"
-    VERSION = tfds.core.Version("2.0.0")
+    VERSION = tfds.core.Version("2.1.0")
     RELEASE_NOTES = {
         "1.0.0": "Initial release.",
         "1.1.0": "Image-wide scene variation before compositing (no memorizable photo colours).",
         "2.0.0": "Regions anywhere in the frame (uniform centres, clipped at the border), 5-50 % "
         "log-uniform visible area, single solids, groups of 2-4 parts and thin strokes: the "
         "appearance change is the only cue, not a central location prior.",
+        "2.1.0": "Train crops at the test crops' scales (0.7-1.0 of the test square's side; they "
+        "were up to 2.3x larger, so test content looked zoomed in); appearance changes of at "
+        "least 30/255 mean absolute difference (was 20).",
     }
     BUILDER_CONFIGS = [DEFAULT_CONFIG]
     DEFAULT_BUILDER_CONFIG_NAME = DEFAULT_CONFIG.name

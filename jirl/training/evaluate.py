@@ -142,10 +142,12 @@ def off_centre_sheet(
     mask_name: str,
     count: int = 8,
     min_offset: float = 0.25,
+    min_tile: int = 128,
 ) -> np.ndarray:
     """A contact sheet (composite | ground truth | prediction) of the first `count` examples of
     `split` whose region's centre of mass lies at least `min_offset` image sides from the image
-    centre: where a model that learned a central prior fails. One process only."""
+    centre: where a model that learned a central prior fails. Small images are enlarged an
+    integer number of times to tiles of at least `min_tile` pixels. One process only."""
     if jax.process_count() > 1:
         raise ValueError("the contact sheet is drawn by a single process; run eval.py without "
                          "--contact_sheet on several hosts")
@@ -175,4 +177,4 @@ def off_centre_sheet(
     std = np.asarray(config.data.std, np.float32)
     rows = [(img * std + mean, gt, pred)
             for img, gt, pred in zip(images, gts, np.concatenate(preds), strict=True)]
-    return visualize.contact_sheet(rows)
+    return visualize.contact_sheet(rows, scale=max(1, -(-min_tile // images.shape[1])))
