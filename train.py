@@ -24,6 +24,8 @@ def main(argv):
     cli.quiet_libraries()
     workdir = cli.workdir()
     logging.info("workdir: %s", workdir)
+    for problem in cli.recipe_warnings(FLAGS.config):
+        logging.warning("train.py: %s", problem)
     try:
         results = train_and_evaluate(FLAGS.config, workdir)
     except CheckpointError as e:  # an unusable --config.init_from or workdir checkpoint

@@ -61,6 +61,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.decay_epochs = (30, 40, 50, 55)
     c.optimizer.decay_factor = 0.5
 
+    # Which publication's recipe this config is ("official" code, "paper"), "quick" for the CPU
+    # demos, "" for anything else. train.py warns when an official/paper recipe runs without the
+    # ImageNet backbone weights or iHarmony4 that it needs.
+    c.recipe = ""
+
     c.seed = 42
     c.batch_size = 8  # global batch, split over all devices
     c.num_epochs = 60
@@ -87,4 +92,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # prior_examples training masks (evenly spread; -1 = all) and the all-foreground mask.
     c.eval.baselines = True
     c.eval.prior_examples = 2000
+    # Also score the model's per-iteration masks (RSRNet: M-bar^1..M-bar^K as "M^1".."M^K"); models
+    # without iterations reject it.
+    c.eval.per_iteration = False
     return c

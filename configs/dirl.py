@@ -34,9 +34,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "lambda_attention": 1.0,  # 0 = the official 'vanilla' mda_mode (no attention supervision)
         "lambda_detection": 1.0,
     })
+    c.recipe = "official"
     if arg in (None, "", "full"):
         return c
     if arg == "paper":
+        c.recipe = "paper"
         c.loss.variant = "paper"
         c.loss.lambda_attention = 0.1  # the paper's weight on the attention maps' BCE
         return c
@@ -47,6 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 def quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A small DIRL on 32 px synthetic composites that learns visibly in minutes on a CPU."""
+    c.recipe = "quick"
     c.model.stem_features = 16
     c.model.stage_features = (16, 32, 64, 96, 96)
     c.model.stage_blocks = (1, 1, 1, 1, 1)

@@ -2,15 +2,18 @@
 
 No official code is public; jirl/models/rsrnet.py documents every choice the paper leaves open.
 
-Variants:
+Variants (comma-separated, e.g. configs/rsrnet.py:quick,row5):
   configs/rsrnet.py        the paper's setting: ResNet34 encoder, heads 256, GRU hidden 128,
                            K = 12 iterations, 4 similarity scales, batch 32, crop 224, Adam 1e-4
-                           (L2 1e-4), x0.5 at epochs 30/40/50/55, 60 epochs.
+                           (L2 1e-4), x0.5 at epochs 30/40/50/55, 60 epochs. It is the paper's
+                           recipe only with --config.data.source=ihd and
+                           --config.model.backbone_weights=<torchvision ImageNet resnet34 .pth>;
+                           train.py warns when either is missing.
   configs/rsrnet.py:quick  a CPU demo with the same data, optimizer and schedule as
-                           configs/dirl.py:quick (so the two are comparable): narrow model, 48 px.
-
-Ablations of the paper's Table 2 are config.model switches, e.g. --config.model.use_gru=False,
-use_msm=False, content_from=style, upsample=bilinear, combine=average, similarity_only=True.
+                           configs/dirl.py:quick (so the two are comparable): narrow model, 32 px.
+  configs/rsrnet.py:rowN   row N (1-9) of the paper's Table 2 (§4.4), see ROWS; row9 is the full
+                           model. Combine with quick for the CPU ablation
+                           (python -m jirl.ablation --config configs/rsrnet.py:quick).
 """
 
 import ml_collections
@@ -30,13 +33,14 @@ def model_config() -> ml_collections.ConfigDict:
         "embed_features": 64,  # conv3x3 embeddings of the mask and of the similarity map
         "iterations": 12,  # K
         "scales": 4,  # L: similarity windows (2l+1)^2, l = 0..L-1
-        # Table 2 ablations
+        # Table 2 ablations (see ROWS)
         "use_gru": True,  # False: H = two 3x3 convs of the GRU input, no recurrent state
-        "use_msm": True,  # False: only the pixel-wise similarity (l = 0)
+        "use_msm": True,  # False: no similarity map in the GRU input (scales=1: a single-scale MSM)
         "content_from": "content",  # "style": F_s in place of F_c
-        "similarity_only": False,  # True: the GRU sees only the similarity map
+        "similarity_only": False,  # True: M^k = (1 - S_0) / 2, the l = 0 similarity map (no GRU)
         "upsample": "convex",  # "bilinear": bilinear x8 of the RSR logits
-        "combine": "learned",  # "average": M_fnl = (M_dec + M_rsr) / 2
+        "combine": "learned",  # "average": M_fnl = (M_dec + M_rsr) / 2; "none": M_dec is the output
+        "guidance": "concat",  # M_rsr into the decoder: "concat" (§3.3), "residual_attention"
         "remat": False,  # rematerialize each RSR step in the backward pass (memory for compute)
         # lax.scan unroll factor of the K steps: 1 = a rolled loop (best on GPU/TPU); 0 = auto:
         # `iterations` on CPU (XLA:CPU runs the backward of convolutions inside a loop ~30x
@@ -45,6 +49,20 @@ def model_config() -> ml_collections.ConfigDict:
         # torchvision resnet34 .pth for encoder stages 1-4; "" = random initialization
         "backbone_weights": "",
     })
+
+
+# The rows of the paper's Table 2 (§4.4) as config.model switches; row 1 is the plain UNet.
+ROWS = {
+    "row1": None,  # the UNet (encoder + decoder) with RSRNet's loss, bce + (1 - ssim) + iou
+    "row2": dict(combine="none"),  # RSR inserted, M_dec evaluated
+    "row3": dict(similarity_only=True, combine="none"),  # only the l = 0 similarity map
+    "row4": dict(combine="average"),  # M_fnl = (M_rsr + M_dec) / 2
+    "row5": dict(use_gru=False),  # w/o GRU
+    "row6": dict(use_msm=False),  # w/o MSM
+    "row7": dict(content_from="style"),  # w/o F_c
+    "row8": dict(upsample="bilinear"),  # w/o weighted upsample
+    "row9": {},  # the full model
+}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -56,17 +74,40 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     })
     c.batch_size = 32
     c.data.crop_size = 224
-    if arg in (None, "", "full"):
+    c.recipe = "paper"  # train.py warns when the paper's recipe runs without ImageNet weights or iHarmony4
+    parts = [p for p in (arg or "").split(",") if p not in ("", "full")]
+    rows = [p for p in parts if p in ROWS]
+    unknown = [p for p in parts if p != "quick" and p not in ROWS]
+    if unknown or len(rows) > 1:
+        raise ValueError(f"unknown variant {arg!r} of configs/rsrnet.py; use '', 'quick', one of "
+                         f"{', '.join(ROWS)}, or quick,rowN")
+    if "quick" in parts:
+        c = quick(c)
+    return table2_row(c, rows[0]) if rows else c
+
+
+def table2_row(c: ml_collections.ConfigDict, row: str) -> ml_collections.ConfigDict:
+    """`c` changed into row `row` of Table 2; row 1 swaps RSRNet for the UNet of the same widths."""
+    if ROWS[row] is not None:
+        c.model.update(ROWS[row])
         return c
-    if arg == "quick":
-        return quick(c)
-    raise ValueError(f"unknown variant {arg!r} of configs/rsrnet.py; use '' or 'quick'")
+    from configs import unet
+
+    model = unet.model_config()
+    for key in model:
+        if key != "name":
+            model[key] = c.model[key]
+    c.model = model
+    c.loss = unet.get_config().loss
+    c.loss.lambda_ssim = 1.0  # RSRNet's l = bce + (1 - ssim) + iou
+    return c
 
 
 def quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A small RSRNet on 48 px synthetic composites; data/optimizer/schedule as configs/dirl.py:quick."""
+    """A small RSRNet on 32 px synthetic composites; data/optimizer/schedule as configs/dirl.py:quick."""
     from configs import dirl
 
+    c.recipe = "quick"
     c.model.stem_features = 16
     c.model.stage_features = (16, 32, 64, 96, 96)
     c.model.stage_blocks = (1, 1, 1, 1, 1)

@@ -41,6 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     })
     c.batch_size = 12  # scripts/train.sh (options.py default: 8)
     c.data.crop_size = 256  # options.py load_size = crop_size = 256
+    c.recipe = "official"
     if arg in (None, "", "full"):
         return c
     if arg == "quick":
@@ -52,6 +53,7 @@ def quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A small UNet on 32 px synthetic composites; data/optimizer/schedule as configs/dirl.py:quick."""
     from configs import dirl
 
+    c.recipe = "quick"
     c.model.stem_features = 16
     c.model.stage_features = (16, 32, 64, 96, 96)
     c.model.stage_blocks = (1, 1, 1, 1, 1)

@@ -343,7 +343,7 @@ def _cell(**switch):
     """The RSRCell that RSRNet(**TINY, **switch) scans, and its parameters."""
     cell = rsrnet.RSRCell(**_rsr_of(**switch).cell_config())
     content = None if cell.similarity_only else CONTENT
-    return cell, cell.init(_key(5), (HIDDEN, MASK), STYLE, content)["params"]
+    return cell, cell.init(_key(5), (HIDDEN, MASK), STYLE, content).get("params", {})
 
 
 def _step(switch, h=HIDDEN, m=MASK):
@@ -402,12 +402,24 @@ def test_use_gru_false_replaces_the_gru_by_a_state_without_recurrence():
     assert _differ(_step({})[0][0][0], _step({}, h=-HIDDEN)[0][0][0]) > 1e-3
 
 
-def test_use_msm_false_keeps_only_the_plain_cosine_similarity():
+def test_use_msm_false_removes_the_similarity_map():
+    """Table 2, row 6: only F_c and the mask (its embedding and itself) reach the GRU."""
     shapes, fields = _traced(use_msm=False)
+    assert fields["scales"] == 0
+    assert "sim_embed" not in shapes["rsr"]["cell"] and "style_head" not in shapes["rsr"]
+    _, calls, params = _step(dict(use_msm=False))
+    x = calls["gru"][1]
+    p = jax.nn.sigmoid(MASK)
+    chex.assert_trees_all_close(
+        x, jnp.concatenate([nn.relu(_conv3x3(E, params["mask_embed"], p)), CONTENT, p], -1), atol=1e-6)
+
+
+def test_scales_one_is_a_single_scale_msm():
+    shapes, fields = _traced(scales=1)
     assert fields["scales"] == 1
     assert shapes["rsr"]["cell"]["sim_embed"]["kernel"] == (3, 3, 1, E)
     assert _param_shapes()["rsr"]["cell"]["sim_embed"]["kernel"] == (3, 3, L, E)
-    sim = np.asarray(_step(dict(use_msm=False))[1]["sim_embed"][0])
+    sim = np.asarray(_step(dict(scales=1))[1]["sim_embed"][0])
     chex.assert_shape(sim, (2, 4, 4, 1))
     # S_0 = cos(F_s, f_bg), f_bg = the mean of F_s over the pixels with sigma(M) < 0.5
     style, background = np.asarray(STYLE), np.asarray(MASK)[..., 0] < 0
@@ -425,32 +437,48 @@ def test_content_from_style_feeds_f_s_where_f_c_was():
         style, rsrnet.ConvHead(HEAD, HEAD).apply({"params": params["style_head"]}, F4_TINY), atol=1e-6)
     # the hidden initialisation sees F_s: H^0 = tanh(conv3x3(F_s))
     chex.assert_trees_all_close(h0, jnp.tanh(_conv3x3(HID, params["hidden_init"], style)), atol=1e-6)
-    np.testing.assert_array_equal(np.asarray(m0), 0)
+    assert bool(jnp.all(jnp.isneginf(m0)))  # M^0 = 0 as a logit
     # (by default F_c is a head of its own, and H^0 is computed from it)
     (style, content, (h0, _)), params = _initial_state()
     assert _differ(content, style) > 1e-2
     chex.assert_trees_all_close(h0, jnp.tanh(_conv3x3(HID, params["hidden_init"], content)), atol=1e-6)
 
 
-def test_similarity_only_gives_the_gru_the_similarity_alone():
+def test_similarity_only_iterates_the_plain_similarity_map_as_the_mask():
+    """Table 2, row 3: M^k = (1 - S_0) / 2 with f_bg from M^{k-1}; no GRU, no residual, bilinear x8."""
     shapes, _ = _traced(similarity_only=True)
-    assert not {"content_head", "hidden_init"} & set(shapes["rsr"])
-    assert "mask_embed" not in shapes["rsr"]["cell"]
-    assert shapes["rsr"]["cell"]["gru"]["conv_z"]["kernel"] == (3, 3, HID + E + L, HID)
-    (_, content, (h0, _)), _ = _initial_state(similarity_only=True)
-    assert content is None
-    np.testing.assert_array_equal(np.asarray(h0), 0)  # H^0 = 0: there is no content to start from
-    _, calls, params = _step(dict(similarity_only=True))
-    h_prev, x = calls["gru"]
-    chex.assert_trees_all_equal(h_prev, HIDDEN)
-    # x = [ReLU(conv3x3(S)), S]: no content feature, no mask channel
-    sim = rsrnet.similarity_map(STYLE, rsrnet.background_feature(STYLE, MASK), L)
-    chex.assert_trees_all_close(x, jnp.concatenate([nn.relu(_conv3x3(E, params["sim_embed"], sim)), sim], -1),
-                                atol=1e-6)
-    # the mask still defines the background: 3 M (the same background) gives the same GRU input
-    chex.assert_trees_all_equal(_step(dict(similarity_only=True), m=3 * MASK)[1]["gru"][1], x)
-    # (by default sigma(M) itself is an input)
-    assert _differ(_step({}, m=3 * MASK)[1]["gru"][1], _step({})[1]["gru"][1]) > 1e-2
+    assert set(shapes["rsr"]) == {"style_head"}  # F_s is all that RSR learns
+    (h, m), up = _step(dict(similarity_only=True))[0]
+    style, background = np.asarray(STYLE), np.asarray(MASK)[..., 0] < 0
+    f_bg = np.stack([s[b].mean(0) for s, b in zip(style, background, strict=True)])
+    s0 = _cosine_reference(style, f_bg[:, None, None])
+    np.testing.assert_allclose(np.asarray(jax.nn.sigmoid(m))[..., 0], (1 - s0) / 2, atol=1e-5)
+    chex.assert_trees_all_equal(h, HIDDEN)
+    chex.assert_trees_all_close(up, layers.resize_bilinear(m, (32, 32), align_corners=True), atol=1e-6)
+    # M^{k-1} matters only through the background it defines: 3 M gives the same step
+    chex.assert_trees_all_equal(_step(dict(similarity_only=True), m=3 * MASK)[0], ((h, m), up))
+    # the next background is where the pixels resemble f_bg (S_0 > 0)
+    np.testing.assert_array_equal(np.asarray(m)[..., 0] < 0, s0 > 0)
+
+
+def test_the_first_step_starts_from_an_all_zero_mask():
+    """M^0 = 0 (§3.2): every pixel is background (f_bg = the global mean), the GRU sees sigma(M) = 0,
+    and the first update is the mask: M^1 = Delta M^1; later steps add, M^k = M^{k-1} + Delta M^k."""
+    (_, _, (_, m0)), _ = _initial_state()
+    empty = jnp.full_like(MASK, -jnp.inf)
+    chex.assert_trees_all_equal(m0, empty)
+    f_bg = rsrnet.background_feature(STYLE, empty)
+    np.testing.assert_allclose(np.asarray(f_bg), np.asarray(STYLE).mean((1, 2)), rtol=1e-5, atol=1e-6)
+    ((h, m), _), calls, params = _step({}, m=empty)
+    np.testing.assert_array_equal(np.asarray(calls["mask_embed"][0]), 0)
+    chex.assert_trees_all_close(calls["sim_embed"][0], rsrnet.similarity_map(STYLE, f_bg, L), atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(calls["gru"][1][..., -1]), 0)
+    delta = rsrnet.ConvHead(2 * HID, 1).apply({"params": params["delta_head"]}, h)
+    chex.assert_trees_all_close(m, delta, atol=1e-6)
+    chex.assert_tree_all_finite(m)
+    ((h, m), _), _, _ = _step({})
+    delta = rsrnet.ConvHead(2 * HID, 1).apply({"params": params["delta_head"]}, h)
+    chex.assert_trees_all_close(m, MASK + delta, atol=1e-6)
 
 
 def test_bilinear_upsample_is_align_corners_bilinear_x8_of_the_logits():
@@ -478,8 +506,71 @@ def test_combine_average_is_the_mean_of_the_two_masks():
     assert _differ(learned["mask"], (learned["mask_dec"] + learned["mask_rsr"]) / 2) > 1e-4
 
 
+def test_combine_none_outputs_the_decoder_mask():
+    """Table 2, row 2: no combination; M_dec is the output (and what picks the best checkpoint)."""
+    shapes, _ = _traced(combine="none")
+    assert "gate" not in shapes
+    out = _outputs(combine="none")
+    chex.assert_trees_all_equal(out["mask"], out["mask_dec"])
+    chex.assert_trees_all_close(jax.nn.sigmoid(out["logits"]), out["mask"], atol=1e-6)
+    chex.assert_trees_all_close(out["mask_dec"], _outputs()["mask_dec"], atol=1e-6)
+
+
+def _area_mean(guide, size):
+    """[B,H,W,1] averaged over (H/size)^2 blocks (reference for the guide at a decoder level)."""
+    b, h, w, _ = guide.shape
+    f = h // size
+    return guide.reshape(b, h // f, f, w // f, f, 1).mean((2, 4))
+
+
+def _decoder_calls(**switch):
+    """{decoder block name: (args, output)} of RSRNet(**TINY, **switch) on _image(), and its outputs."""
+    m = rsrnet.RSRNet(**TINY, **switch)
+    v = jax.jit(m.init)(_key(7), _image())
+    calls = {}
+
+    def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.method_name == "__call__" and context.module.name in ("bottleneck", "u4", "u3", "u0"):
+            if isinstance(context.module.parent, rsrnet.GuidedDecoder):
+                calls[context.module.name] = (args, out)
+        return out
+
+    with nn.intercept_methods(record):
+        out = m.apply(v, _image())
+    return calls, out
+
+
+def test_concat_guidance_appends_m_rsr_to_every_skip():
+    """§3.3 "We feed M_rsr into the decoder by concatenation": one more channel on f1..f5."""
+    calls, out = _decoder_calls()
+    guide = np.asarray(out["mask_rsr"])
+    widths = (TINY["stem_features"], *TINY["stage_features"])
+    bottleneck_in = np.asarray(calls["bottleneck"][0][0])
+    chex.assert_shape(bottleneck_in, (2, 2, 2, widths[4] + 1))  # f5 at 1/16 of 32 px
+    np.testing.assert_allclose(bottleneck_in[..., -1:], _area_mean(guide, 2), atol=1e-6)
+    for name, level, size in (("u3", 3, 4), ("u0", 0, 32)):
+        skip = np.asarray(calls[name][0][1])
+        chex.assert_shape(skip, (2, size, size, widths[level] + 1))
+        np.testing.assert_allclose(skip[..., -1:], _area_mean(guide, size), atol=1e-6)
+    # the block outputs pass on unscaled
+    chex.assert_trees_all_equal(calls["u4"][0][0], calls["bottleneck"][1])
+
+
+def test_residual_attention_guidance_scales_every_decoder_output():
+    calls, out = _decoder_calls(guidance="residual_attention")
+    guide = np.asarray(out["mask_rsr"])
+    chex.assert_shape(calls["bottleneck"][0][0], (2, 2, 2, TINY["stage_features"][4]))  # no extra channel
+    chex.assert_shape(calls["u0"][0][1], (2, 32, 32, TINY["stem_features"]))
+    np.testing.assert_allclose(np.asarray(calls["u4"][0][0]),
+                               np.asarray(calls["bottleneck"][1]) * (1 + _area_mean(guide, 2)), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(calls["u3"][0][0]),
+                               np.asarray(calls["u4"][1]) * (1 + _area_mean(guide, 2)), atol=1e-5)
+
+
 def test_bad_switch_values_and_bfloat16_compute():
     for kw, what in ((dict(upsample="nearest"), "upsample"), (dict(combine="max"), "combine"),
+                     (dict(guidance="multiply"), "guidance"),
                      (dict(content_from="image"), "content_from"), (dict(iterations=0), "iteration")):
         with pytest.raises(ValueError, match=what):
             _param_shapes(**kw)
@@ -514,6 +605,89 @@ def test_configs_and_registry():
     assert set(shapes["params"]) == {"encoder", "rsr", "decoder", "gate"}
     with pytest.raises(ValueError, match="unknown variant 'fast'"):
         rsrnet_config.get_config("fast")
+    with pytest.raises(ValueError, match="unknown variant 'row2,row3'"):
+        rsrnet_config.get_config("row2,row3")
+    assert full.model.guidance == "concat" and full.model.combine == "learned"
+
+
+# Table 2's rows as the paper describes them (§4.4), written out independently of configs/rsrnet.py.
+TABLE2 = {
+    "row2": dict(combine="none"),
+    "row3": dict(similarity_only=True, combine="none"),
+    "row4": dict(combine="average"),
+    "row5": dict(use_gru=False),
+    "row6": dict(use_msm=False),
+    "row7": dict(content_from="style"),
+    "row8": dict(upsample="bilinear"),
+    "row9": dict(),
+}
+
+
+@pytest.mark.parametrize("row", [f"row{i}" for i in range(1, 10)])
+def test_table2_rows_are_config_variants(row):
+    base = rsrnet_config.get_config("quick")
+    c = rsrnet_config.get_config(f"quick,{row}")
+    for key in base:  # only the model (and for row 1 its loss) changes
+        if key not in ("model", "loss"):
+            assert _plain(c[key]) == _plain(base[key]), key
+    if row == "row1":  # the UNet of the same encoder, with RSRNet's bce + (1 - ssim) + iou
+        assert c.model.name == "unet"
+        for key in ("stem_features", "stage_features", "stage_blocks", "backbone_weights"):
+            assert c.model[key] == base.model[key], key
+        assert (c.loss.lambda_ssim, c.loss.lambda_iou) == (1.0, 1.0)
+    else:
+        changed = {k: c.model[k] for k in base.model if c.model[k] != base.model[k]}
+        assert changed == TABLE2[row]
+        assert _plain(c.loss) == _plain(base.loss)
+    assert _plain(rsrnet_config.get_config(row).model) == _plain(
+        rsrnet_config.table2_row(rsrnet_config.get_config(), row).model)
+    jax.eval_shape(get_spec(c.model.name).build(c.model).init, jax.random.PRNGKey(0),
+                   jnp.zeros((1, 32, 32, 3)))
+
+
+def test_per_iteration_masks_are_scored_on_request():
+    from configs import unet as unet_config
+    from jirl import metrics
+    from jirl.training.steps import make_eval_step
+
+    m, v = _model()
+    cfg = rsrnet_config.get_config("quick")
+    cfg.eval.per_iteration = True
+    target = (jax.random.uniform(jax.random.PRNGKey(8), (2, 32, 32, 1)) > 0.6).astype(jnp.float32)
+    per_image, masks = jax.jit(make_eval_step(get_spec("rsrnet"), cfg, m.apply))(
+        v, {"image": _image(), "mask": target})
+    assert set(masks) == {"M_fnl", "M_rsr", "M_dec", "M^1", "M^2", "M^3"}
+    out = m.apply(v, _image())
+    for k in range(3):
+        chex.assert_trees_all_close(masks[f"M^{k + 1}"], out["rsr_masks"][k], atol=1e-6)
+        reference = metrics.per_image_metrics(out["rsr_masks"][k], target, normalize=True)
+        chex.assert_trees_all_close(per_image[f"M^{k + 1}"], reference, atol=1e-5)
+    assert float(jnp.abs(masks["M^1"] - masks["M^3"]).max()) > 1e-4
+    cfg.eval.per_iteration = False
+    assert set(make_eval_step(get_spec("rsrnet"), cfg, m.apply)(v, {"image": _image(), "mask": target})[1]) \
+        == {"M_fnl", "M_rsr", "M_dec"}
+    unet_cfg = unet_config.get_config("quick")
+    unet_cfg.eval.per_iteration = True
+    with pytest.raises(ValueError, match="unet has no per-iteration masks"):
+        make_eval_step(get_spec("unet"), unet_cfg, m.apply)
+
+
+def test_paper_recipe_warns_without_imagenet_weights_or_iharmony4():
+    from configs import unet as unet_config
+    from jirl.training import cli
+
+    full = rsrnet_config.get_config()
+    problems = cli.recipe_warnings(full)
+    assert len(problems) == 2
+    assert "paper rsrnet recipe" in problems[0] and "--config.model.backbone_weights=" in problems[0]
+    assert "--config.data.source=ihd" in problems[1]
+    full.model.backbone_weights = "/weights/resnet34.pth"
+    assert cli.recipe_warnings(full) == [problems[1]]
+    full.data.source = "ihd"
+    assert cli.recipe_warnings(full) == []
+    assert len(cli.recipe_warnings(unet_config.get_config())) == 2  # the official UNet recipe too
+    for quick in (rsrnet_config.get_config("quick"), dirl_config.get_config("quick")):
+        assert cli.recipe_warnings(quick) == []
 
 
 @pytest.mark.parametrize("backend,auto", [("cpu", 12), ("gpu", 1), ("tpu", 1)])

@@ -29,6 +29,8 @@ class ModelSpec:
         ("resnet34": torchvision's ResNet34 fills encoder stages 1-4); None when there is none.
         The loader lives in `jirl.convert.backbones`, not in the model files.
     primary_mask: the eval_masks entry that selects the best checkpoint and is logged as val/.
+    step_masks(outputs) -> {name: mask} of an iterative model's intermediate masks, scored when
+        `config.eval.per_iteration` is set; None for models without iterations.
     """
 
     name: str
@@ -37,6 +39,7 @@ class ModelSpec:
     eval_masks: Callable[..., Any]
     backbone: str | None = None
     primary_mask: str = "mask"
+    step_masks: Callable[..., Any] | None = None
 
 
 def available_models() -> list[str]:

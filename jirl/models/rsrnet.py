@@ -19,25 +19,30 @@ Encoder and features
     SPEC's `backbone`), as for DIRL and the UNet baseline.
 
 The RSR state and the mask (§3.2)
-  * The state is (H, M) with M a *logit* map at H/8, M^0 = 0, updated residually,
-    M^k = M^{k-1} + Delta M^k. Residual updates of a logit are unbounded and need no clipping, as
-    RAFT's flow updates (Teed & Deng, ECCV 2020, §3.3); a probability map would have to be clipped
-    into [0, 1] after every update. sigma(M) is used wherever the paper uses the mask: for the
-    background threshold, as GRU input and for the loss.
+  * The state is (H, M) with M a *logit* map at H/8, updated residually, M^k = M^{k-1} + Delta M^k.
+    Residual updates of a logit are unbounded and need no clipping, as RAFT's flow updates (Teed &
+    Deng, ECCV 2020, §3.3); a probability map would have to be clipped into [0, 1] after every
+    update. sigma(M) is used wherever the paper uses the mask: for the background threshold, as GRU
+    input and for the loss.
+  * M^0 is the paper's all-zero mask, as a logit -inf: sigma(M^0) = 0 exactly, so every pixel is
+    background and f_bg^0 is the global mean of F_s by construction, and the GRU's first input
+    holds a zero mask. -inf + Delta M is -inf, so the first update is the mask itself:
+    M^1 = Delta M^1 (the same as adding Delta M^1 to a zero logit).
   * Background pixels are those with sigma(M) < 0.5, tested as M < 0 (the same set, without
     sigmoid rounding). The threshold is a hard mask, so no gradient flows through it; gradients
-    reach F_s through the average. When an image has no background pixel -- always at k = 1,
-    where sigma(0) = 0.5 is not < 0.5 -- f_bg is the global mean of F_s over the image.
+    reach F_s through the average. An image with no background pixel (sigma(M) >= 0.5 everywhere)
+    gets the global mean of F_s as f_bg.
   * MSM (§3.2): S_l = cos(f_bg, box mean of F_s over (2l+1)^2 windows), l = 0..L-1 (L = 4), stride
     1, same-size output. The box mean divides by the number of valid pixels (avg_pool with
     count_include_pad=False): a window cut by the border averages only real features. Cosine
     similarity is invariant to a positive rescaling of a vector, so the choice only matters where
     the zero-padded sum would be so small that the eps clamp acts; it keeps the box features true
     local means. The eps is torch.nn.functional.cosine_similarity's, 1e-8 clamping each norm.
-    `use_msm=False` keeps only l = 0.
-  * GRU input x = [ReLU(conv3x3(sigma(M))), ReLU(conv3x3(S)), F_c, sigma(M)]; both embeddings are
-    `embed_features` (64) wide, the two 3x3 convs RAFT's motion encoder uses on flow and
-    correlation.
+  * GRU input x = [ReLU(conv3x3(sigma(M))), ReLU(conv3x3(S)), F_c, sigma(M)], as §3.2 says ("M and
+    S go through two 3x3 convolutions, respectively ... concatenated with F_c and M"). The width of
+    the two embeddings, `embed_features` (64), is not in the paper; it is our choice, of the order
+    of RAFT's motion-encoder outputs (RAFT embeds correlation with 1x1 + 3x3 convs and flow with
+    7x7 + 3x3 convs, to 192 and 64 channels; RSRNet's paper uses one 3x3 conv for each input).
   * ConvGRU with 3x3 convs for z, r and h~ over [H, x] (RAFT's equations: z = sigma(conv[H, x]),
     r = sigma(conv[H, x]), h~ = tanh(conv[r*H, x]), H = (1 - z) H + z h~), `hidden_features`
     (128) wide. H^0 = tanh(conv3x3(F_c)), as RAFT starts its hidden state from tanh of the
@@ -65,12 +70,15 @@ The RSR state and the mask (§3.2)
 
 Decoder and combination (§3.3)
   * The decoder is the UNet baseline's (`unet.py`): bottleneck DoubleConv on f5, Up blocks u4..u0
-    over f5..f1 (u4 keeps the 1/16 resolution), 1x1 conv to a logit. M_rsr = M-bar^K guides it
-    as residual attention: every decoder feature map (the bottleneck's output and every Up
-    block's output) is multiplied by (1 + A), A = M_rsr averaged over the pixels of that level
-    (area downsampling, exact for the power-of-two factors; bilinear downsampling would alias).
-    The residual form is DIRL's MDA (x * att + x): pixels the RSR mask calls background are kept,
-    not zeroed, so the decoder can still correct M_rsr. Gradients flow from the decoder into RSR through A.
+    over f5..f1 (u4 keeps the 1/16 resolution), 1x1 conv to a logit. "We feed M_rsr into the
+    decoder by concatenation" (§3.3): M_rsr = M-bar^K, averaged to each level's resolution (area
+    downsampling, exact for the power-of-two factors; bilinear downsampling would alias), is one
+    more channel of every skip connection f1..f5, i.e. of the bottleneck's input and of every Up
+    block's concatenation. The paper does not say which levels; all of them, because the mask
+    is meant to steer the decoder wherever it "integrates multi-scale encoder features through
+    skip connection", and at f1 it is at full resolution. Gradients flow from the decoder into
+    RSR through the guide. `guidance="residual_attention"` instead multiplies every decoder output
+    by (1 + A), A = M_rsr at that level (DIRL's MDA form).
   * G = sigmoid(conv3x3([decoder's last features, M_dec logit, M_rsr logit])), 1 channel;
     M_fnl = G * M_dec + (1 - G) * M_rsr on probabilities. `combine="average"`: M_fnl =
     (M_dec + M_rsr) / 2.
@@ -79,12 +87,22 @@ Decoder and combination (§3.3)
   * The "logits" output is the logit of M_fnl clipped to [1e-6, 1 - 1e-6] (M_fnl is a mixture
     of probabilities, not the sigmoid of one logit); the loss uses the probabilities.
 
-Ablations of Table 2 (config.model): `use_gru=False` replaces the GRU by H = tanh(conv3x3(
-ReLU(conv3x3(x)))), a state without recurrence (the tanh keeps the GRU's range for the heads);
-`use_msm=False` keeps only S_0; `content_from="style"` feeds F_s where F_c was (no content head);
-`upsample="bilinear"`; `combine="average"`; `similarity_only=True` gives the GRU only
-[ReLU(conv3x3(S)), S] -- no content feature and no mask -- and starts it from H^0 = 0 (there is no
-content to start from); the mask is still iterated and still defines the background.
+Ablations of Table 2 (config.model; configs/rsrnet.py:row1..row9 names the rows):
+  * row 2, `combine="none"`: no combination, M_dec is the output ("mask") and picks the best
+    checkpoint; the loss is l(M_dec) + the RSR masks' terms.
+  * row 3, `similarity_only=True` (with combine="none"): "a single similarity matrix with scale
+    l = 0 as the updated inharmonious mask", iterated 12 times: M^k = (1 - S^{k-1,0}) / 2, with
+    f_bg from M^{k-1} -- no GRU, no residual, no content head, bilinear x8 (no state for convex
+    weights). Cosine similarity lies in [-1, 1]; (1 - S) / 2 maps it onto [0, 1] so that pixels
+    unlike the background are inharmonious, and M^k < 0.5 (the next background) is S > 0.
+  * row 4, `combine="average"`: M_fnl = (M_dec + M_rsr) / 2.
+  * row 5, `use_gru=False`: H = tanh(conv3x3(ReLU(conv3x3(x)))), a state without recurrence (the
+    tanh keeps the GRU's range for the heads).
+  * row 6, `use_msm=False`: "only feed F_c and M^{k-1} into the GRU": no similarity map (and no
+    F_s head, which nothing else reads); x = [ReLU(conv3x3(sigma(M))), F_c, sigma(M)].
+    `scales=1` is a different variant, a single-scale MSM (S_0 only).
+  * row 7, `content_from="style"`: F_s where F_c was (no content head).
+  * row 8, `upsample="bilinear"`: bilinear x8 of the logits (align_corners=True, RAFT's `upflow8`).
 """
 
 from __future__ import annotations
@@ -109,7 +127,8 @@ COSINE_EPS = 1e-8  # torch.nn.functional.cosine_similarity's eps, on each norm
 UPSAMPLE_WEIGHT_SCALE = 0.25  # RAFT scales the convex-upsampling logits by 0.25
 CONTENT_SOURCES = ("content", "style")
 UPSAMPLE_MODES = ("convex", "bilinear")
-COMBINE_MODES = ("learned", "average")
+COMBINE_MODES = ("learned", "average", "none")
+GUIDANCE_MODES = ("concat", "residual_attention")
 LOGIT_CLIP = 1e-6  # the "logits" output is the logit of M_fnl clipped to [LOGIT_CLIP, 1 - LOGIT_CLIP]
 
 
@@ -219,7 +238,8 @@ class RSRCell(nn.Module):
     """One RSR iteration (§3.2): f_bg, MSM, GRU update of H, M += Delta M, x8 upsampling.
 
     __call__((H, M), F_s, F_c) -> ((H', M'), full-resolution logits of M'). F_c is None when
-    `similarity_only`.
+    `similarity_only`, F_s when nothing reads it (scales=0 with F_c as the content). M = -inf is
+    the empty mask M^0.
     """
 
     hidden_features: int = 128
@@ -238,27 +258,34 @@ class RSRCell(nn.Module):
     def __call__(self, carry: tuple[Array, Array], style: Array, content: Array | None
                  ) -> tuple[tuple[Array, Array], Array]:
         h, m = carry
-        sim = similarity_map(style, background_feature(style, m), self.scales)
         if self.similarity_only:
-            x = jnp.concatenate([self._embed(sim, "sim_embed"), sim.astype(self.dtype)], axis=-1)
-        else:
-            p = jax.nn.sigmoid(m).astype(self.dtype)
-            x = jnp.concatenate(
-                [self._embed(p, "mask_embed"), self._embed(sim, "sim_embed"), content.astype(self.dtype), p],
-                axis=-1)
+            return self._similarity_step(h, m, style)
+        p = jax.nn.sigmoid(m).astype(self.dtype)
+        parts = [self._embed(p, "mask_embed")]
+        if self.scales:
+            sim = similarity_map(style, background_feature(style, m), self.scales)
+            parts.append(self._embed(sim, "sim_embed"))
+        x = jnp.concatenate([*parts, content.astype(self.dtype), p], axis=-1)
         if self.use_gru:
             h = ConvGRU(self.hidden_features, self.dtype, name="gru")(h, x)
         else:
             y = nn.relu(Conv2d(self.hidden_features, 3, 1, 1, dtype=self.dtype, name="state_conv0")(x))
             y = jnp.tanh(Conv2d(self.hidden_features, 3, 1, 1, dtype=self.dtype, name="state_conv1")(y))
             h = y.astype(h.dtype)
-        delta = ConvHead(2 * self.hidden_features, 1, self.dtype, name="delta_head")(h)
-        m = m + delta.astype(m.dtype)
+        delta = ConvHead(2 * self.hidden_features, 1, self.dtype, name="delta_head")(h).astype(m.dtype)
+        m = jnp.where(jnp.isneginf(m), delta, m + delta)  # M^1 = Delta M^1: M^0 = -inf is replaced
+        return (h, m), self._upsample(m, h)
+
+    def _similarity_step(self, h: Array, m: Array, style: Array) -> tuple[tuple[Array, Array], Array]:
+        """Table 2, row 3: M^k = (1 - S^{k-1,0}) / 2, the l = 0 similarity map itself (no GRU)."""
+        sim = similarity_map(style, background_feature(style, m), 1)
+        p = jnp.clip(0.5 * (1.0 - sim), LOGIT_CLIP, 1 - LOGIT_CLIP)
+        m = jnp.log(p) - jnp.log1p(-p)
         return (h, m), self._upsample(m, h)
 
     def _upsample(self, m: Array, h: Array) -> Array:
         b, hh, ww, _ = m.shape
-        if self.upsample == "bilinear":
+        if self.upsample == "bilinear" or self.similarity_only:
             return resize_bilinear(m, (hh * self.factor, ww * self.factor), align_corners=True)
         weights = ConvHead(2 * self.hidden_features, 9 * self.factor ** 2, self.dtype,
                            name="upsample_head")(h)
@@ -294,15 +321,16 @@ class RSR(nn.Module):
     def setup(self) -> None:
         if self.iterations < 1:
             raise ValueError(f"RSR needs at least one iteration; got iterations={self.iterations}")
-        if self.scales < 1:
-            raise ValueError(f"the similarity map needs at least one scale; got scales={self.scales}")
+        if self.scales < 0:
+            raise ValueError(f"scales must be >= 0 (0: no similarity map); got scales={self.scales}")
         if self.unroll < 1:
             raise ValueError(f"unroll must be >= 1 (1 = a rolled loop); got {self.unroll}")
         if self.content_from not in CONTENT_SOURCES:
             raise ValueError(f"unknown content_from {self.content_from!r}; use one of {CONTENT_SOURCES}")
         if self.upsample not in UPSAMPLE_MODES:
             raise ValueError(f"unknown upsample {self.upsample!r}; use one of {UPSAMPLE_MODES}")
-        self.style_head = ConvHead(self.head_features, self.head_features, self.dtype)
+        if self._uses_style():
+            self.style_head = ConvHead(self.head_features, self.head_features, self.dtype)
         if not self.similarity_only and self.content_from == "content":
             self.content_head = ConvHead(self.head_features, self.head_features, self.dtype)
         if self.use_gru and not self.similarity_only:
@@ -313,10 +341,15 @@ class RSR(nn.Module):
                         unroll=self.unroll)
         self.cell = steps(**self.cell_config())
 
-    def initial_state(self, f4: Array) -> tuple[Array, Array | None, tuple[Array, Array]]:
-        """(F_s, F_c or None, (H^0, M^0)): the heads on f4 and the state the iterations start from."""
+    def _uses_style(self) -> bool:
+        """F_s exists unless nothing reads it (no similarity map, and F_c as the content)."""
+        return self.similarity_only or self.scales > 0 or self.content_from == "style"
+
+    def initial_state(self, f4: Array) -> tuple[Array | None, Array | None, tuple[Array, Array]]:
+        """(F_s or None, F_c or None, (H^0, M^0)): the heads on f4 and the state the iterations start
+        from. M^0 is the all-zero mask (§3.2) as a logit: -inf."""
         b, h, w, _ = f4.shape
-        style = self.style_head(f4)
+        style = self.style_head(f4) if self._uses_style() else None
         content = None
         if not self.similarity_only:
             content = self.content_head(f4) if self.content_from == "content" else style
@@ -324,7 +357,7 @@ class RSR(nn.Module):
             hidden = jnp.tanh(self.hidden_init(content))
         else:
             hidden = jnp.zeros((b, h, w, self.hidden_features), self.dtype)
-        return style, content, (hidden, jnp.zeros((b, h, w, 1), stat_dtype(self.dtype)))
+        return style, content, (hidden, jnp.full((b, h, w, 1), -jnp.inf, stat_dtype(self.dtype)))
 
     def __call__(self, f4: Array) -> Array:
         b, h, w, _ = f4.shape
@@ -335,28 +368,39 @@ class RSR(nn.Module):
 
 
 class GuidedDecoder(nn.Module):
-    """The UNet decoder (`unet.py`) with M_rsr as residual attention at every level (§3.3).
+    """The UNet decoder (`unet.py`) guided by M_rsr at every level (§3.3).
 
     skips f1..f5 and the guide M_rsr [B,H,W,1] (probabilities at f1's size) -> (the last decoder
-    features, M_dec logits). `features[i]` is the width that Up `u{i}` outputs.
+    features, M_dec logits). `features[i]` is the width that Up `u{i}` outputs. `guidance`:
+    "concat" (the paper) appends the guide, averaged to each skip's resolution, to every skip
+    f1..f5 as one more channel; "residual_attention" multiplies every decoder output by (1 + A).
     """
 
     features: Sequence[int]
+    guidance: str = "concat"
     dtype: Dtype = jnp.float32
 
     @staticmethod
-    def attend(x: Array, guide: Array) -> Array:
-        """x * (1 + A), A = the guide averaged over the guide pixels that each pixel of x covers."""
+    def at_level(guide: Array, x: Array) -> Array:
+        """The guide averaged over the guide pixels that each pixel of x covers (area pooling)."""
         f = guide.shape[1] // x.shape[1]
         a = nn.avg_pool(guide, (f, f), strides=(f, f)) if f > 1 else guide
         chex.assert_equal_shape_prefix([a, x], 3)
-        return x * (1 + a.astype(x.dtype))
+        return a.astype(x.dtype)
+
+    def attend(self, x: Array, guide: Array) -> Array:
+        """x * (1 + A) with guidance="residual_attention" (DIRL's MDA form); x otherwise."""
+        return x * (1 + self.at_level(guide, x)) if self.guidance == "residual_attention" else x
 
     @nn.compact
     def __call__(self, skips: Sequence[Array], guide: Array, train: bool) -> tuple[Array, Array]:
+        if self.guidance not in GUIDANCE_MODES:
+            raise ValueError(f"unknown guidance {self.guidance!r}; use one of {GUIDANCE_MODES}")
         n = len(skips)
-        h = DoubleConv(skips[-1].shape[-1], self.dtype, name="bottleneck")(skips[-1], train)
-        h = self.attend(h, guide)
+        width = skips[-1].shape[-1]
+        if self.guidance == "concat":
+            skips = [jnp.concatenate([f, self.at_level(guide, f)], axis=-1) for f in skips]
+        h = self.attend(DoubleConv(width, self.dtype, name="bottleneck")(skips[-1], train), guide)
         for i in range(n - 1, -1, -1):
             h = Up(self.features[i], upsample=i != n - 1, dtype=self.dtype, name=f"u{i}")(h, skips[i], train)
             h = self.attend(h, guide)
@@ -385,6 +429,7 @@ class RSRNet(nn.Module):
     similarity_only: bool = False
     upsample: str = "convex"
     combine: str = "learned"
+    guidance: str = "concat"
     remat: bool = False
     unroll: int = 1
     dtype: Dtype = jnp.float32
@@ -399,28 +444,36 @@ class RSRNet(nn.Module):
         rsr_logits = RSR(
             iterations=self.iterations, head_features=self.head_features,
             hidden_features=self.hidden_features, embed_features=self.embed_features,
-            scales=self.scales if self.use_msm else 1, factor=h // skips[3].shape[1],
+            scales=self.scales if self.use_msm else 0, factor=h // skips[3].shape[1],
             use_gru=self.use_gru, content_from=self.content_from, similarity_only=self.similarity_only,
             upsample=self.upsample, remat=self.remat, unroll=self.unroll, dtype=self.dtype,
             name="rsr")(skips[3])
         rsr_logit = rsr_logits[-1]
         mask_rsr = jax.nn.sigmoid(rsr_logit)
         widths = (self.stem_features, *self.stage_features[:4])
-        feats, dec_logit = GuidedDecoder(widths, self.dtype, name="decoder")(skips, mask_rsr, train)
+        feats, dec_logit = GuidedDecoder(widths, self.guidance, self.dtype, name="decoder")(
+            skips, mask_rsr, train)
         dec_logit = dec_logit.astype(rsr_logit.dtype)
         mask_dec = jax.nn.sigmoid(dec_logit)
-        if self.combine == "learned":
-            logits = jnp.concatenate([dec_logit, rsr_logit], axis=-1).astype(feats.dtype)
-            gate_in = jnp.concatenate([feats, logits], axis=-1)
-            gate = Conv2d(1, 3, 1, 1, dtype=self.dtype, name="gate")(gate_in)
-            gate = jax.nn.sigmoid(gate.astype(rsr_logit.dtype))
-            mask = gate * mask_dec + (1 - gate) * mask_rsr
+        if self.combine == "none":  # Table 2, rows 2 and 3: M_dec is the output
+            mask, logits = mask_dec, dec_logit
         else:
-            mask = 0.5 * (mask_dec + mask_rsr)
+            mask = self._combine(feats, dec_logit, rsr_logit)
+            p = jnp.clip(mask, LOGIT_CLIP, 1 - LOGIT_CLIP)
+            logits = jnp.log(p) - jnp.log1p(-p)
         chex.assert_shape([mask, mask_dec, mask_rsr], (b, h, w, 1))
-        p = jnp.clip(mask, LOGIT_CLIP, 1 - LOGIT_CLIP)
-        return {"mask": mask, "logits": jnp.log(p) - jnp.log1p(-p), "mask_dec": mask_dec,
-                "mask_rsr": mask_rsr, "rsr_masks": jax.nn.sigmoid(rsr_logits)}
+        return {"mask": mask, "logits": logits, "mask_dec": mask_dec, "mask_rsr": mask_rsr,
+                "rsr_masks": jax.nn.sigmoid(rsr_logits)}
+
+    def _combine(self, feats: Array, dec_logit: Array, rsr_logit: Array) -> Array:
+        """M_fnl (§3.3): G * M_dec + (1 - G) * M_rsr with the learned gate G, or the average."""
+        mask_dec, mask_rsr = jax.nn.sigmoid(dec_logit), jax.nn.sigmoid(rsr_logit)
+        if self.combine == "average":
+            return 0.5 * (mask_dec + mask_rsr)
+        logits = jnp.concatenate([dec_logit, rsr_logit], axis=-1).astype(feats.dtype)
+        gate = Conv2d(1, 3, 1, 1, dtype=self.dtype, name="gate")(jnp.concatenate([feats, logits], axis=-1))
+        gate = jax.nn.sigmoid(gate.astype(rsr_logit.dtype))
+        return gate * mask_dec + (1 - gate) * mask_rsr
 
 
 def build(cfg: ml_collections.ConfigDict, dtype: Dtype = jnp.float32) -> RSRNet:
@@ -453,6 +506,12 @@ def eval_masks(outputs: dict) -> dict[str, Array]:
     return {"M_fnl": outputs["mask"], "M_rsr": outputs["mask_rsr"], "M_dec": outputs["mask_dec"]}
 
 
+def step_masks(outputs: dict) -> dict[str, Array]:
+    """M-bar^1..M-bar^K as "M^1".."M^K": the mask after each RSR iteration (eval.per_iteration)."""
+    steps = outputs["rsr_masks"]
+    return {f"M^{k + 1}": steps[k] for k in range(steps.shape[0])}
+
+
 # `backbone`: encoder stages 1-4 take torchvision ResNet34 weights (`model.backbone_weights`).
 SPEC = ModelSpec(name="rsrnet", build=build, objective=objective, eval_masks=eval_masks,
-                 backbone="resnet34", primary_mask="M_fnl")
+                 backbone="resnet34", primary_mask="M_fnl", step_masks=step_masks)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging as pylogging
 import os
 
+import ml_collections
 from absl import flags, logging
 from ml_collections import config_flags
 
@@ -25,11 +26,35 @@ def default_workdir() -> str:
     """runs/<config file stem>[_<variant>], e.g. runs/dirl_quick for configs/dirl.py:quick."""
     path, _, variant = config_flags.get_config_filename(FLAGS["config"]).partition(":")
     stem = os.path.splitext(os.path.basename(path))[0]
+    variant = variant.replace(",", "_")
     return os.path.join("runs", f"{stem}_{variant}" if variant else stem)
 
 
 def workdir() -> str:
     return FLAGS.workdir or default_workdir()
+
+
+def recipe_warnings(config: ml_collections.ConfigDict) -> list[str]:
+    """What keeps a config marked as a publication's recipe (`config.recipe` "official" or
+    "paper") from being that recipe: the ImageNet backbone the paper starts from, iHarmony4."""
+    recipe = config.get("recipe", "")
+    if recipe not in ("official", "paper"):
+        return []
+    from jirl.models import get_spec
+
+    name = config.model.name
+    problems = []
+    backbone = get_spec(name).backbone
+    if backbone and not config.model.get("backbone_weights", ""):
+        problems.append(
+            f"the {recipe} {name} recipe starts its encoder from ImageNet {backbone}, but "
+            f"config.model.backbone_weights is unset, so it starts from random weights; pass "
+            f"--config.model.backbone_weights=<torchvision {backbone} .pth>")
+    if config.data.source != "ihd":
+        problems.append(
+            f"the {recipe} {name} recipe trains on iHarmony4, but config.data.source is "
+            f"{config.data.source!r}; pass --config.data.source=ihd (see README, Data)")
+    return problems
 
 
 def quiet_libraries() -> None:

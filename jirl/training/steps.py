@@ -77,9 +77,16 @@ def make_eval_step(spec: ModelSpec, config: ml_collections.ConfigDict,
     normalization before thresholding at 0.5); padded rows (`batch["valid"]` False) are masked.
     """
 
+    per_iteration = bool(config.eval.get("per_iteration", False))
+    if per_iteration and spec.step_masks is None:
+        raise ValueError(f"config.eval.per_iteration: {spec.name} has no per-iteration masks "
+                         "(only iterative models such as rsrnet do)")
+
     def eval_step(variables: dict, batch: dict) -> tuple[dict, dict]:
         outputs = apply_fn(variables, batch["image"], train=False)
         masks = spec.eval_masks(outputs)
+        if per_iteration:
+            masks = {**masks, **spec.step_masks(outputs)}
         per_image = {
             name: metrics.per_image_metrics(
                 m, batch["mask"], normalize=config.eval.normalize, valid=batch.get("valid"))
