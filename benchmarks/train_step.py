@@ -69,7 +69,8 @@ def measure(config, dtype: str) -> dict:
     step_s /= FLAGS.steps
     compile_infer = bench.compile_infer()
     infer_s = bench.infer(FLAGS.infer_steps) / FLAGS.infer_steps
-    return {"dtype": dtype, "train_images_per_sec": batch_size / step_s, "step_seconds": step_s,
+    return {"dtype": dtype, "parameters": bench.num_params,
+            "train_images_per_sec": batch_size / step_s, "step_seconds": step_s,
             "inference_images_per_sec": batch_size / infer_s,
             "compile_seconds_train": compile_train, "compile_seconds_inference": compile_infer,
             "peak_rss_gb": peak_rss_gb(), "final_loss": logs["loss"]}

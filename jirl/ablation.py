@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 METRICS = ("ap", "f1", "iou")
+LABELS = {"ap": "AP", "f1": "F1", "iou": "IoU"}
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -94,7 +95,7 @@ def table(results: dict[str, dict]) -> str:
     """Markdown: one row per variant, AP / F1 / IoU of every mask it scored (but the per-iteration
     ones), and its wall time."""
     masks = list(dict.fromkeys(m for r in results.values() for m in r["results"] if not _is_step(m)))
-    head = ["variant", "model"] + [f"{m} {k.upper()}" for m in masks for k in METRICS] + ["wall (min)"]
+    head = ["variant", "model"] + [f"{m} {LABELS[k]}" for m in masks for k in METRICS] + ["wall (min)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for variant, r in results.items():
         cells = [variant, r.get("model", "")]
@@ -119,7 +120,7 @@ def iteration_table(results: dict[str, dict]) -> str:
                      "|---|---|" + "---|" * len(steps)]
         for key in METRICS:
             values = " | ".join(f"{r['results'][m]['all'][key]:.4f}" for m in steps)
-            lines.append(f"| {variant} | {key.upper()} | {values} |")
+            lines.append(f"| {variant} | {LABELS[key]} | {values} |")
     return "\n".join(lines) + "\n" if lines else ""
 
 
@@ -146,7 +147,7 @@ def bar_chart(results: dict[str, dict], path: str) -> bool:
     fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3.5))
     for i, key in enumerate(METRICS):
         values = [results[n]["results"][primary_mask(results[n])]["all"][key] for n in names]
-        ax.bar(x + (i - 1) * 0.27, values, 0.27, label=key.upper())
+        ax.bar(x + (i - 1) * 0.27, values, 0.27, label=LABELS[key])
     ax.set_xticks(x, names)
     ax.set_ylim(0, 1)
     ax.legend(ncols=3, loc="upper left")
