@@ -129,7 +129,7 @@ CONTENT_SOURCES = ("content", "style")
 UPSAMPLE_MODES = ("convex", "bilinear")
 COMBINE_MODES = ("learned", "average", "none")
 GUIDANCE_MODES = ("concat", "residual_attention")
-LOGIT_CLIP = 1e-6  # the "logits" output is the logit of M_fnl clipped to [LOGIT_CLIP, 1 - LOGIT_CLIP]
+LOGIT_CLIP = 1e-6  # logits of mixed or mapped probabilities: of p clipped to [LOGIT_CLIP, 1 - LOGIT_CLIP]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,6 +148,12 @@ def background_feature(style: Array, logits: Array) -> Array:
     count = jnp.sum(background, axis=(1, 2))  # [B, 1]
     total = jnp.sum(x * background, axis=(1, 2))
     return jnp.where(count > 0, total / jnp.maximum(count, 1.0), jnp.mean(x, axis=(1, 2)))
+
+
+def clipped_logit(p: Array) -> Array:
+    """log(p / (1 - p)) of probabilities clipped to [LOGIT_CLIP, 1 - LOGIT_CLIP]: finite everywhere."""
+    p = jnp.clip(p, LOGIT_CLIP, 1 - LOGIT_CLIP)
+    return jnp.log(p) - jnp.log1p(-p)
 
 
 def _clamped_norm(x: Array, eps: float) -> Array:
@@ -279,8 +285,7 @@ class RSRCell(nn.Module):
     def _similarity_step(self, h: Array, m: Array, style: Array) -> tuple[tuple[Array, Array], Array]:
         """Table 2, row 3: M^k = (1 - S^{k-1,0}) / 2, the l = 0 similarity map itself (no GRU)."""
         sim = similarity_map(style, background_feature(style, m), 1)
-        p = jnp.clip(0.5 * (1.0 - sim), LOGIT_CLIP, 1 - LOGIT_CLIP)
-        m = jnp.log(p) - jnp.log1p(-p)
+        m = clipped_logit(0.5 * (1.0 - sim))
         return (h, m), self._upsample(m, h)
 
     def _upsample(self, m: Array, h: Array) -> Array:
@@ -459,8 +464,7 @@ class RSRNet(nn.Module):
             mask, logits = mask_dec, dec_logit
         else:
             mask = self._combine(feats, dec_logit, rsr_logit)
-            p = jnp.clip(mask, LOGIT_CLIP, 1 - LOGIT_CLIP)
-            logits = jnp.log(p) - jnp.log1p(-p)
+            logits = clipped_logit(mask)
         chex.assert_shape([mask, mask_dec, mask_rsr], (b, h, w, 1))
         return {"mask": mask, "logits": logits, "mask_dec": mask_dec, "mask_rsr": mask_rsr,
                 "rsr_masks": jax.nn.sigmoid(rsr_logits)}
