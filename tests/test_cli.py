@@ -95,3 +95,21 @@ def test_eval_without_a_checkpoint_fails_clearly(tmp_path):
     proc = _run("eval.py", "--config", "configs/dirl.py:quick", "--workdir", str(tmp_path))
     assert proc.returncode != 0
     assert "no checkpoint found" in proc.stderr
+
+
+def test_a_paper_recipe_warns_and_a_variant_list_names_the_default_workdir(tmp_path):
+    """configs/rsrnet.py:full,row1 is the paper's recipe (Table 2's UNet): without ImageNet weights
+    or iHarmony4 train.py warns, and trains into runs/rsrnet_full_row1 under the working directory."""
+    tiny = ["--config.model.stem_features=4", "--config.model.stage_features=(4,4,8,8,8)",
+            "--config.model.stage_blocks=(1,1,1,1,1)", "--config.data.image_size=40",
+            "--config.data.crop_size=32", "--config.data.num_train=16", "--config.data.num_test=8",
+            "--config.batch_size=4", "--config.num_train_steps=1", "--config.eval_every_steps=1",
+            "--config.eval.batch_size=4", f"--config.data.data_dir={tmp_path / 'data'}"]
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "train.py"), "--config",
+         os.path.join(ROOT, "configs", "rsrnet.py") + ":full,row1", *tiny],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "train.py: the paper unet recipe starts its encoder from ImageNet resnet34" in proc.stderr
+    assert "--config.data.source=ihd" in proc.stderr
+    assert os.listdir(tmp_path / "runs" / "rsrnet_full_row1" / "checkpoints") == ["1"]
