@@ -15,6 +15,7 @@ _LEAVES = {
     "bias": ("params", "bias"),
     "running_mean": ("batch_stats", "mean"),
     "running_var": ("batch_stats", "var"),
+    "gamma": ("params", "gamma"),  # a learned scalar gate (iHDRNet's SelfAttention)
 }
 IGNORED_LEAVES = ("num_batches_tracked",)  # BN step counters: no Flax counterpart
 

@@ -135,6 +135,19 @@ def _add_bias_bwd(bias, g):
 add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
+def central_difference_kernel(kernel: Array, theta: float, padding: int) -> Array:
+    """The one kernel of a central-difference conv (Yu et al., CVPR 2020; MadisNet's `Conv2d_cd`).
+
+    The official op is conv(x, W) - theta * conv1x1(x, sum of W over its taps); with an odd
+    square kernel padded by k // 2, the 1x1 term reads the centre tap's input, so the two are
+    one conv whose centre tap is W_centre - theta * sum(W): one pass instead of two.
+    """
+    k = kernel.shape[0]
+    if kernel.shape[1] != k or k % 2 == 0 or padding != k // 2:
+        raise ValueError("a central-difference conv needs an odd square kernel padded by k // 2")
+    return kernel.at[k // 2, k // 2].add(-theta * kernel.sum(axis=(0, 1)))
+
+
 class Conv2d(nn.Module):
     """`torch.nn.Conv2d` with zero padding, HWIO kernel and PyTorch's default initialization."""
 
@@ -146,12 +159,15 @@ class Conv2d(nn.Module):
     use_bias: bool = True
     dtype: Dtype = jnp.float32
     upsample_input: bool = False  # convolve upsample_nearest2x(x) (3x3, stride 1, padding 1 only)
+    central_difference: float = 0.0  # theta of a central-difference conv (see below)
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         k, cin = self.kernel_size, x.shape[-1]
         bound = 1.0 / math.sqrt(cin * k * k)
         kernel = self.param("kernel", _torch_uniform(bound), (k, k, cin, self.features))
+        if self.central_difference:
+            kernel = central_difference_kernel(kernel, self.central_difference, self.padding)
         if self.upsample_input:
             if (k, self.stride, self.padding, self.dilation) != (3, 1, 1, 1):
                 raise ValueError("upsample_input needs a 3x3 conv with stride 1 and padding 1")
