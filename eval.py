@@ -73,7 +73,8 @@ def main(argv):
     print(f"checkpoint: {step_dir}\nsplit: {split}")
     print(format_table(results))
     payload = {"checkpoint": step_dir, "split": split, "model": config.model.name,
-               "normalized": bool(config.eval.normalize), "results": results}
+               "primary_mask": spec.primary_mask, "normalized": bool(config.eval.normalize),
+               "results": results}
     if base is not None:
         payload["mean_mask"] = base.summary()
         print("mean training mask: " + ", ".join(f"{k} {v:.4g}" for k, v in base.summary().items()))

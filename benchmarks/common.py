@@ -151,7 +151,7 @@ class JirlBench:
         mesh = jmesh.make_mesh()
         repl = jmesh.replicated(mesh)
         self.state = jax.device_put(create_train_state(
-            model, make_optimizer(config.optimizer, 1000), init_model_variables(config, model)), repl)
+            model, make_optimizer(config.optimizer, 1000, spec), init_model_variables(config, model)), repl)
         self.batch = jmesh.put_batch(batch, mesh, keys=("image", "mask"))
         self.batch_size = int(batch["image"].shape[0])
         self.num_params = int(sum(x.size for x in jax.tree.leaves(self.state.params)))

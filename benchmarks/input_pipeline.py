@@ -61,7 +61,7 @@ def step_rate(config, steps: int) -> dict:
     spec, model = build_model(config)
     mesh = jmesh.make_mesh()
     repl = jmesh.replicated(mesh)
-    state = jax.device_put(create_train_state(model, make_optimizer(config.optimizer, 1000),
+    state = jax.device_put(create_train_state(model, make_optimizer(config.optimizer, 1000, spec),
                                               init_model_variables(config, model)), repl)
     step = jax.jit(make_train_step(spec, config), donate_argnums=0, out_shardings=(repl, repl))
     it = jdata.train_batches(config.data, batch_size=config.batch_size, seed=config.seed)

@@ -54,9 +54,9 @@ def config_variants(config: str) -> tuple[str, str, Any]:
 
 def has_iterations(module: Any, variant: str) -> bool:
     """Whether the model of config `module.get_config(variant)` has per-iteration masks."""
-    from jirl.models import get_spec
+    from jirl.models import resolve_spec
 
-    return get_spec(module.get_config(variant).model.name).step_masks is not None
+    return resolve_spec(module.get_config(variant).model).step_masks is not None
 
 
 def run_variant(path: str, base: str, variant: str, workdir: str, extra: list[str],
@@ -126,7 +126,9 @@ def iteration_table(results: dict[str, dict]) -> str:
 
 def primary_mask(result: dict) -> str:
     """The mask that the model of an eval.json is judged by (its ModelSpec's primary_mask)."""
-    from jirl.models import get_spec
+    if "primary_mask" in result:
+        return result["primary_mask"]
+    from jirl.models import get_spec  # an eval.json written before it recorded its primary mask
 
     return get_spec(result["model"]).primary_mask
 

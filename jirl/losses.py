@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-MASK_LOSS_MODES: tuple[str, ...] = ("bce_ssim_iou", "bce_ssim", "bce")
+MASK_LOSS_MODES: tuple[str, ...] = ("bce_ssim_iou", "bce_ssim", "bce_iou", "bce")
 DIRL_VARIANTS: tuple[str, ...] = ("official", "paper")
 PAPER_LAMBDA_ATTENTION: float = 0.1
 
@@ -192,16 +192,17 @@ def _check_mode(mode: str) -> None:
 def mask_loss(
     pred: jax.Array, target: jax.Array, mode: str = "bce_ssim_iou"
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Per-mask loss of dirl_train ``bce_ssim_loss``: bce + (1 - ssim) [+ iou] by ``mode``.
+    """Per-mask loss of dirl_train ``bce_ssim_loss``: bce [+ (1 - ssim)] [+ iou] by ``mode``.
 
     Returns ``(total, parts)`` with parts ``{"bce", "ssim" (= 1 - SSIM), "iou" (= 1 - IoU)}``
-    restricted to the terms that ``mode`` sums ("bce_ssim" has no "iou", "bce" only "bce").
+    restricted to the terms that ``mode`` sums ("bce_ssim" has no "iou", "bce_iou" no "ssim":
+    MadisNet's loss_weights [1, lambda_ssim = 0, 1]; "bce" only "bce").
     """
     _check_mode(mode)
     parts = {"bce": bce(pred, target)}
-    if mode in ("bce_ssim_iou", "bce_ssim"):
+    if "ssim" in mode:
         parts["ssim"] = 1.0 - ssim(pred, target)
-    if mode == "bce_ssim_iou":
+    if mode.endswith("iou"):
         parts["iou"] = iou_loss(pred, target)
     total = _sum_parts(parts)
     return total, parts
@@ -249,9 +250,8 @@ def deep_supervision_objective(
 
 def _mode_keys(mode: str) -> tuple[str, ...]:
     """Loss-term names that ``mode`` sums."""
-    return {"bce_ssim_iou": ("bce", "ssim", "iou"), "bce_ssim": ("bce", "ssim"), "bce": ("bce",)}[
-        mode
-    ]
+    return {"bce_ssim_iou": ("bce", "ssim", "iou"), "bce_ssim": ("bce", "ssim"),
+            "bce_iou": ("bce", "iou"), "bce": ("bce",)}[mode]
 
 
 def dirl_objective(
@@ -292,3 +292,35 @@ def dirl_objective(
     logs = {"total": total, "detection": detection, "attention": attention}
     logs.update({k: v for k, v in det_parts.items() if k != "total"})
     return total, logs
+
+
+# ----------------------------------------------------------------------------------------------
+# MadisNet's domain-discrepancy losses (Liang et al., AAAI 2022, §3.3, Eqs. 3-4)
+# ----------------------------------------------------------------------------------------------
+
+
+def _safe_norm(x: jax.Array) -> jax.Array:
+    """L2 norm over the last axis with a zero (not NaN) gradient at 0, as torch.norm's backward."""
+    sq = jnp.sum(jnp.square(x), axis=-1)
+    positive = sq > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+
+
+def domain_discrepancy_losses(
+    z_f: jax.Array, z_b: jax.Array, z_f_mapped: jax.Array, z_b_mapped: jax.Array,
+    margin: float = 1e-3, eps: float = 1e-6,
+) -> tuple[jax.Array, jax.Array]:
+    """(L_ddm, L_di) of MadisNet's `train.py` from domain codes [B, D].
+
+    With Δ = z_f − z_b (the composite's foreground/background codes) and Δ' the same on the
+    mapped image I': L_ddm = mean(relu(‖Δ‖² − ‖Δ'‖² + margin)) (squared distances, as the code;
+    the paper writes a hinge on distances) magnifies the discrepancy, and L_di = mean(1 −
+    cos(Δ, Δ')), the cosine with eps added to the product of norms, keeps its direction.
+    """
+    delta = (z_f - z_b).astype(jnp.float32)
+    mapped = (z_f_mapped - z_b_mapped).astype(jnp.float32)
+    distance = jnp.sum(jnp.square(delta), axis=-1)
+    magnified = jnp.sum(jnp.square(mapped), axis=-1)
+    ddm = jnp.mean(jax.nn.relu(distance - magnified + margin))
+    cos = jnp.sum(delta * mapped, axis=-1) / (_safe_norm(delta) * _safe_norm(mapped) + eps)
+    return ddm, jnp.mean(1.0 - cos)

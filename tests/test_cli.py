@@ -110,6 +110,6 @@ def test_a_paper_recipe_warns_and_a_variant_list_names_the_default_workdir(tmp_p
          os.path.join(ROOT, "configs", "rsrnet.py") + ":full,row1", *tiny],
         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "train.py: the paper unet recipe starts its encoder from ImageNet resnet34" in proc.stderr
+    assert "train.py: the paper unet recipe starts from ImageNet resnet34 weights" in proc.stderr
     assert "--config.data.source=ihd" in proc.stderr
     assert os.listdir(tmp_path / "runs" / "rsrnet_full_row1" / "checkpoints") == ["1"]

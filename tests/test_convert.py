@@ -218,7 +218,7 @@ def test_backbone_weights_config_loads_a_torchvision_file(torch, tmp_path):
     cfg.backbone_weights = str(tmp_path / "resnet34.pth")
     fresh = jax.device_get(jax.jit(lambda: model.init(
         jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3)), False))())
-    loaded = backbones.initialize("resnet34", fresh, cfg)
+    loaded = backbones.initialize(dirl.SPEC.pretrained, fresh, cfg)
     jax.tree.map(np.testing.assert_array_equal, loaded["batch_stats"]["encoder"]["encoder3"],
                  variables["batch_stats"]["encoder"]["encoder3"])
     del tv["layer4.2.bn2.running_var"]
@@ -226,4 +226,4 @@ def test_backbone_weights_config_loads_a_torchvision_file(torch, tmp_path):
                tmp_path / "broken.pth")
     cfg.backbone_weights = str(tmp_path / "broken.pth")
     with pytest.raises(ConversionError, match="missing .*encoder4/block2/bn2/var"):
-        backbones.initialize("resnet34", fresh, cfg)
+        backbones.initialize(dirl.SPEC.pretrained, fresh, cfg)

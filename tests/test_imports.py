@@ -154,4 +154,4 @@ def test_every_model_file_exports_the_same_contract():
         for field in ("build", "objective", "eval_masks"):
             fn = getattr(module, field)
             assert getattr(spec, field) is fn and fn.__module__ == module.__name__, (name, field)
-        assert spec.backbone in (None, "resnet34")
+        assert all(p.kind in ("resnet34", "vgg16") for p in spec.pretrained)

@@ -210,6 +210,11 @@ class ObjectiveTest(chex.TestCase):
         )
         assert set(parts) == {"bce", "ssim"}
         np.testing.assert_allclose(total, b + s, rtol=1e-5)
+        total, parts = self.variant(functools.partial(losses.mask_loss, mode="bce_iou"))(
+            self.mask, self.target
+        )
+        assert set(parts) == {"bce", "iou"}  # MadisNet's loss_weights [1, 0, 1]
+        np.testing.assert_allclose(total, b + i, rtol=1e-5)
         total, parts = self.variant(functools.partial(losses.mask_loss, mode="bce"))(
             self.mask, self.target
         )

@@ -136,7 +136,7 @@ def test_registry_and_configs():
     from configs import unet as unet_config
 
     spec = get_spec("unet")
-    assert spec is unet.SPEC and spec.backbone == "resnet34"
+    assert spec is unet.SPEC and [p.kind for p in spec.pretrained] == ["resnet34"]
     full, quick, reference = (unet_config.get_config(), unet_config.get_config("quick"),
                               dirl_config.get_config("quick"))
     assert full.model.name == "unet" and (full.loss.lambda_ssim, full.loss.lambda_iou) == (0.0, 1.0)

@@ -19,27 +19,55 @@ import jax.numpy as jnp
 
 
 @dataclasses.dataclass(frozen=True)
+class Pretrained:
+    """An ImageNet network a model can start from: `config.model.<key>` names its torchvision
+    .pth file, `kind` its loader (`jirl.convert.backbones.LOADERS`: "resnet34" fills encoder
+    stages 1-4, "vgg16" the conv1_1..conv3_3 layers), `prefix` the parameter subtree it fills
+    ("" for the whole model; MadisNet's localizer lives under "g")."""
+
+    key: str
+    kind: str
+    prefix: str = ""
+
+
+RESNET34_BACKBONE = (Pretrained("backbone_weights", "resnet34"),)
+FROZEN_GROUP = "frozen"  # the optimizer group that gets no update and no state (ModelSpec.param_labels)
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """What the training and evaluation code needs to know about one paper system.
 
     build(model_cfg, dtype) -> flax module whose __call__(image, train) returns a dict of outputs.
     objective(outputs, batch, loss_cfg) -> (scalar loss, dict of named scalars to log).
     eval_masks(outputs) -> {name: [B,H,W,1] probability mask} scored by eval.py.
-    backbone: the ImageNet backbone whose weights `config.model.backbone_weights` may name
-        ("resnet34": torchvision's ResNet34 fills encoder stages 1-4); None when there is none.
-        The loader lives in `jirl.convert.backbones`, not in the model files.
+    pretrained: the ImageNet networks the model can start from (`Pretrained`: which config key
+        names the file, which loader, which subtree). The loaders live in
+        `jirl.convert.backbones`, not in the model files.
     primary_mask: the eval_masks entry that selects the best checkpoint and is logged as val/.
     step_masks(outputs) -> {name: mask} of an iterative model's intermediate masks, scored when
         `config.eval.per_iteration` is set; None for models without iterations.
+    train_inputs(batch) -> keyword arguments of the model's training call beyond the image (e.g.
+        MadisNet's domain encoder reads the ground-truth mask); None when there are none.
+    param_groups, param_labels(params): the names of the model's optimizer groups, and a tree of
+        the params' structure whose leaves name each parameter's group (one optax optimizer per
+        group, `config.optimizer.groups.<group>` overriding its settings); the group "frozen"
+        gets no update and no optimizer state. None: one optimizer for all.
+    for_config(model_cfg) -> the ModelSpec of this configuration, for systems whose objective,
+        masks or pretrained parts depend on it (MadisNet's, on its localizer); None: this one.
     """
 
     name: str
     build: Callable[..., Any]
     objective: Callable[..., Any]
     eval_masks: Callable[..., Any]
-    backbone: str | None = None
+    pretrained: tuple[Pretrained, ...] = ()
     primary_mask: str = "mask"
     step_masks: Callable[..., Any] | None = None
+    train_inputs: Callable[..., dict] | None = None
+    param_groups: tuple[str, ...] = ()
+    param_labels: Callable[..., Any] | None = None
+    for_config: Callable[..., ModelSpec] | None = None
 
 
 def available_models() -> list[str]:
@@ -48,7 +76,7 @@ def available_models() -> list[str]:
 
     names = []
     for info in pkgutil.iter_modules(pkg.__path__):
-        if info.name in ("layers", "resnet"):
+        if info.name in ("layers", "resnet", "ihdrnet"):
             continue
         if getattr(importlib.import_module(f"jirl.models.{info.name}"), "SPEC", None):
             names.append(info.name)
@@ -70,7 +98,7 @@ def get_spec(name: str) -> ModelSpec:
 
 
 # config.model keys that are not module fields: read by the registry and the pretrained loaders
-NON_MODULE_KEYS = ("name", "backbone_weights")
+NON_MODULE_KEYS = ("name", "backbone_weights", "vgg_weights")
 
 
 def from_config(module_cls: type, cfg: Any, dtype: Any, **overrides: Any) -> Any:
@@ -100,14 +128,25 @@ def compute_dtype(config: Any) -> Any:
     return DTYPES[config.dtype]
 
 
+def resolve_spec(model_cfg: Any) -> ModelSpec:
+    """The ModelSpec of the configuration `model_cfg` (`config.model`): the registered one of its
+    name, specialized by its `for_config` when it has one."""
+    spec = get_spec(model_cfg.name)
+    return spec.for_config(model_cfg) if spec.for_config is not None else spec
+
+
 def build_model(config: Any) -> tuple[ModelSpec, nn.Module]:
-    """The registered ModelSpec of `config.model.name` and the model built from `config.model`."""
-    spec = get_spec(config.model.name)
+    """The ModelSpec of `config.model` (`resolve_spec`) and the model built from it."""
+    spec = resolve_spec(config.model)
     return spec, spec.build(config.model, dtype=compute_dtype(config))
 
 
 def init_variables(model: nn.Module, rng: jax.Array, image_shape: tuple[int, ...]) -> dict:
-    """{"params", "batch_stats"} of `model` initialized on a zero image batch of `image_shape`."""
+    """{"params", "batch_stats"} of `model` initialized on a zero image batch of `image_shape`.
+
+    Models create every parameter at initialization, training-only parts included (MadisNet's
+    domain encoder), although the call is in evaluation mode.
+    """
     variables = model.init(rng, jnp.zeros(image_shape, jnp.float32), train=False)
     return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 

@@ -6,7 +6,8 @@ Encoder (§3.1) -> Bi-directional Feature Integration (BFI, §3.2) -> Mask-guide
 that its checkpoints reproduce their outputs:
   * the MDA channel gate is ECA (a 1-D conv over pooled channels), and MDA returns x*att + x_ca;
   * BFI upsamples with nearest x2, GGD with bilinear align_corners=True;
-  * the attention maps are resized to the input with bilinear align_corners=False;
+  * the attention maps are resized to the input with bilinear align_corners=False (MadisNet's
+    copy of DIRL uses align_corners=True: `attention_align_corners`);
   * GGD's outermost block owns a `conv4` that its forward pass never calls; it is kept (created
     at init only) so that the parameter count and the checkpoint layout match.
 """
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from jirl import losses
-from jirl.models import ModelSpec, from_config
+from jirl.models import RESNET34_BACKBONE, ModelSpec, from_config
 from jirl.models.layers import (
     Conv2d,
     ConvBlock,
@@ -197,6 +198,7 @@ class Decoder(nn.Module):
 
     ggd_ch: int = 32
     dtype: Dtype = jnp.float32
+    attention_align_corners: bool = False
 
     @nn.compact
     def __call__(self, skips: Sequence[Array], train: bool) -> tuple[Array, tuple[Array, ...]]:
@@ -205,7 +207,7 @@ class Decoder(nn.Module):
         attention = []
         for i in range(len(x) - 1, -1, -1):
             x[i], att = MDA(self.dtype, name=f"mda_{i}")(x[i], train)
-            attention.append(resize_bilinear(att, out_hw, align_corners=False))
+            attention.append(resize_bilinear(att, out_hw, align_corners=self.attention_align_corners))
         logits = GGD(self.ggd_ch, self.dtype, name="ggd")(x, train)
         return logits.astype(stat_dtype(self.dtype)), tuple(attention)
 
@@ -222,6 +224,8 @@ class DIRL(nn.Module):
     stage_features: Sequence[int] = (64, 128, 256, 512, 512)
     stage_blocks: Sequence[int] = (3, 4, 6, 3, 3)
     ggd_ch: int = 32
+    # MadisNet's copy of DIRL resizes the attention maps with align_corners=True (DIRL's: False)
+    attention_align_corners: bool = False
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -229,7 +233,8 @@ class DIRL(nn.Module):
         b, h, w = check_image(image, "DIRL")
         skips = Encoder(self.stem_features, self.stage_features, self.stage_blocks,
                         dtype=self.dtype, name="encoder")(image, train)
-        logits, attention = Decoder(self.ggd_ch, self.dtype, name="decoder")(skips, train)
+        logits, attention = Decoder(self.ggd_ch, self.dtype, self.attention_align_corners,
+                                    name="decoder")(skips, train)
         chex.assert_shape(logits, (b, h, w, 1))
         chex.assert_shape(attention, (b, h, w, 1))
         return {"mask": jax.nn.sigmoid(logits), "logits": logits, "attention": attention}
@@ -241,12 +246,14 @@ def build(cfg: ml_collections.ConfigDict, dtype: Dtype = jnp.float32) -> DIRL:
 
 
 def objective(outputs: dict, batch: dict, loss_cfg: ml_collections.ConfigDict):
-    """The DIRL training objective selected by `config.loss` (see `losses.dirl_objective`)."""
+    """The DIRL training objective selected by `config.loss` (see `losses.dirl_objective`); the
+    per-mask terms are `loss.mode` (default bce_ssim_iou, DIRL's; MadisNet's train.py: bce_iou)."""
     return losses.dirl_objective(
         outputs["mask"], outputs["attention"], batch["mask"],
         variant=loss_cfg.variant,
         lambda_attention=loss_cfg.lambda_attention,
         lambda_detection=loss_cfg.lambda_detection,
+        mode=loss_cfg.get("mode", "bce_ssim_iou"),
     )
 
 
@@ -255,7 +262,7 @@ def eval_masks(outputs: dict) -> dict[str, Array]:
     return {"mask": outputs["mask"]}
 
 
-# `backbone`: encoder stages 1-4 take torchvision ResNet34 weights (`model.backbone_weights`), as the
+# `pretrained`: encoder stages 1-4 take torchvision ResNet34 weights (`model.backbone_weights`), as the
 # official `resnet34(pretrained=True)`; the 3x3 stem and stage 5 keep their random init.
 SPEC = ModelSpec(name="dirl", build=build, objective=objective, eval_masks=eval_masks,
-                 backbone="resnet34")
+                 pretrained=RESNET34_BACKBONE)

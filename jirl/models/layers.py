@@ -181,6 +181,42 @@ class Conv2d(nn.Module):
         return y
 
 
+class PartialConv2d(nn.Module):
+    """Partial convolution (Liu et al., ECCV 2018; NVIDIA's `PartialConv2d`, single-channel mask,
+    `return_mask=True`, as MadisNet's `blocks.PartialConv2d` runs it): (x, mask) -> (y, mask').
+
+    y = (conv(x * mask) * r + bias) * mask' with r = k^2 / (window sum of mask + 1e-8) * mask',
+    mask' = clip(window sum of mask, 0, 1); without a bias, y = conv(x * mask) * r. `frozen`
+    stops the gradient to the kernel and bias (MadisNet's fixed VGG16 layers): nothing is
+    computed for them in the backward pass.
+    """
+
+    features: int
+    kernel_size: int = 3
+    padding: int = 1
+    use_bias: bool = True
+    frozen: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array) -> tuple[Array, Array]:
+        k, cin = self.kernel_size, x.shape[-1]
+        bound = 1.0 / math.sqrt(cin * k * k)
+        kernel = self.param("kernel", _torch_uniform(bound), (k, k, cin, self.features))
+        bias = self.param("bias", _torch_uniform(bound), (self.features,)) if self.use_bias else None
+        if self.frozen:
+            kernel, bias = jax.lax.stop_gradient((kernel, bias))
+        mask = mask.astype(stat_dtype(self.dtype))
+        window = _conv(mask, jnp.ones((k, k, 1, 1), mask.dtype), 1, self.padding, 1)
+        update = jnp.clip(window, 0, 1)
+        ratio = (k * k) / (window + 1e-8) * update
+        y = conv2d((x * mask).astype(self.dtype), kernel.astype(self.dtype), 1, self.padding)
+        y = y * ratio.astype(self.dtype)
+        if bias is not None:
+            y = (y + bias.astype(self.dtype)) * update.astype(self.dtype)
+        return y, update
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def batch_norm_train(x: Array, scale: Array, bias: Array, epsilon: float) -> tuple[Array, ...]:
     """Training-mode batch normalization over all but the last axis -> (y, mean, biased var).

@@ -16,7 +16,7 @@ Encoder and features
   * The style and content heads F_s, F_c are conv3x3 -> ReLU -> conv1x1, both `head_features`
     wide (256 in the paper). No BatchNorm in the heads or anywhere in RSR (see below).
   * Encoder stages 1-4 can start from torchvision ResNet34 (`model.backbone_weights`, the
-    SPEC's `backbone`), as for DIRL and the UNet baseline.
+    SPEC's `pretrained`), as for DIRL and the UNet baseline.
 
 The RSR state and the mask (§3.2)
   * The state is (H, M) with M a *logit* map at H/8, updated residually, M^k = M^{k-1} + Delta M^k.
@@ -116,7 +116,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from jirl import losses
-from jirl.models import ModelSpec, from_config
+from jirl.models import RESNET34_BACKBONE, ModelSpec, from_config
 from jirl.models.layers import Conv2d, Dtype, resize_bilinear, stat_dtype
 from jirl.models.resnet import Encoder, check_image
 from jirl.models.unet import DoubleConv, Up
@@ -516,6 +516,6 @@ def step_masks(outputs: dict) -> dict[str, Array]:
     return {f"M^{k + 1}": steps[k] for k in range(steps.shape[0])}
 
 
-# `backbone`: encoder stages 1-4 take torchvision ResNet34 weights (`model.backbone_weights`).
+# `pretrained`: encoder stages 1-4 take torchvision ResNet34 weights (`model.backbone_weights`).
 SPEC = ModelSpec(name="rsrnet", build=build, objective=objective, eval_masks=eval_masks,
-                 backbone="resnet34", primary_mask="M_fnl", step_masks=step_masks)
+                 pretrained=RESNET34_BACKBONE, primary_mask="M_fnl", step_masks=step_masks)

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from jirl import losses
-from jirl.models import ModelSpec, from_config
+from jirl.models import RESNET34_BACKBONE, ModelSpec, from_config
 from jirl.models.layers import Conv2d, ConvBlock, Dtype, resize_bilinear, stat_dtype, upsample_bilinear2x
 from jirl.models.resnet import Encoder, check_image
 
@@ -145,7 +145,7 @@ def eval_masks(outputs: dict) -> dict[str, Array]:
     return {"mask": outputs["mask"]}
 
 
-# `backbone`: encoder stages 1-4 take torchvision ResNet34 weights (`model.backbone_weights`), the
+# `pretrained`: encoder stages 1-4 take torchvision ResNet34 weights (`model.backbone_weights`), the
 # official `models.resnet34(True)`.
 SPEC = ModelSpec(name="unet", build=build, objective=objective, eval_masks=eval_masks,
-                 backbone="resnet34")
+                 pretrained=RESNET34_BACKBONE)

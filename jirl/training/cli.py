@@ -40,16 +40,16 @@ def recipe_warnings(config: ml_collections.ConfigDict) -> list[str]:
     recipe = config.get("recipe", "")
     if recipe not in ("official", "paper"):
         return []
-    from jirl.models import get_spec
+    from jirl.models import resolve_spec
 
     name = config.model.name
     problems = []
-    backbone = get_spec(name).backbone
-    if backbone and not config.model.get("backbone_weights", ""):
-        problems.append(
-            f"the {recipe} {name} recipe starts its encoder from ImageNet {backbone}, but "
-            f"config.model.backbone_weights is unset, so it starts from random weights; pass "
-            f"--config.model.backbone_weights=<torchvision {backbone} .pth>")
+    for p in resolve_spec(config.model).pretrained:
+        if not config.model.get(p.key, ""):
+            problems.append(
+                f"the {recipe} {name} recipe starts from ImageNet {p.kind} weights, but "
+                f"config.model.{p.key} is unset, so it starts from random weights; pass "
+                f"--config.model.{p.key}=<torchvision {p.kind} .pth>")
     if config.data.source != "ihd":
         problems.append(
             f"the {recipe} {name} recipe trains on iHarmony4, but config.data.source is "

@@ -126,7 +126,7 @@ def _initial_state(config: ml_collections.ConfigDict, spec, state: TrainState,
                                        model_cfg=config.model)
         tqdm.write(f"initialized params and BN statistics from {config.init_from}")
     else:
-        variables = backbones.initialize(spec.backbone, _model_items(state), config.model)
+        variables = backbones.initialize(spec.pretrained, _model_items(state), config.model)
     return jax.device_put(state.replace(**variables), jmesh.replicated(mesh)), -1.0
 
 
@@ -143,7 +143,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     spec, model = build_model(config)
     steps_per_epoch = jdata.steps_per_epoch(config.data, config.batch_size)
     sched = Schedule(config, steps_per_epoch)
-    tx = make_optimizer(config.optimizer, steps_per_epoch)
+    tx = make_optimizer(config.optimizer, steps_per_epoch, spec)
     lr_fn = lr_schedule(config.optimizer, steps_per_epoch)
     val_split = config.eval.validation_split
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import ml_collections
 import optax
+
+from jirl.models import FROZEN_GROUP as FROZEN
 
 
 def lr_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
@@ -15,10 +19,40 @@ def lr_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.S
     return optax.piecewise_constant_schedule(cfg.learning_rate, boundaries)
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
+def adam_l2(cfg: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
     """`torch.optim.Adam(lr, betas, eps, weight_decay)`: L2 decay added to the gradient, not AdamW."""
     return optax.chain(
         optax.add_decayed_weights(cfg.weight_decay) if cfg.weight_decay else optax.identity(),
         optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
         optax.scale_by_learning_rate(lr_schedule(cfg, steps_per_epoch)),
     )
+
+
+def group_config(cfg: ml_collections.ConfigDict, label: str) -> ml_collections.ConfigDict:
+    """`cfg` with the overrides of `cfg.groups[label]` (if any) applied."""
+    merged = ml_collections.ConfigDict({k: v for k, v in cfg.items() if k != "groups"})
+    overrides = cfg.get("groups", {}).get(label, {}) or {}
+    unknown = sorted(set(overrides) - set(merged))
+    if unknown:
+        raise ValueError(f"config.optimizer.groups.{label} has unknown keys {unknown}; "
+                         f"it overrides keys of config.optimizer ({sorted(merged)})")
+    merged.update(dict(overrides))
+    return merged
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict, steps_per_epoch: int,
+                   spec: Any = None) -> optax.GradientTransformation:
+    """One `adam_l2` for every parameter; or, for a model whose ModelSpec `spec` has parameter
+    groups (`param_labels`, `param_groups`), one per group (MadisNet's three torch optimizers),
+    each with its `config.optimizer.groups.<group>` overrides; the group "frozen" gets
+    `optax.set_to_zero()`: no update and no optimizer state."""
+    if spec is None or spec.param_labels is None:
+        return adam_l2(cfg, steps_per_epoch)
+    unknown = sorted(set(cfg.get("groups", {})) - set(spec.param_groups))
+    if unknown:
+        raise ValueError(f"config.optimizer.groups names {unknown}, but the {spec.name} parameter "
+                         f"groups are {sorted(set(spec.param_groups) - {FROZEN})}")
+    transforms = {label: optax.set_to_zero() if label == FROZEN
+                  else adam_l2(group_config(cfg, label), steps_per_epoch)
+                  for label in spec.param_groups}
+    return optax.multi_transform(transforms, spec.param_labels)

@@ -28,10 +28,12 @@ def make_train_step(spec: ModelSpec, config: ml_collections.ConfigDict) -> Calla
     """
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        extra = spec.train_inputs(batch) if spec.train_inputs is not None else {}
+
         def loss_fn(params):
             outputs, updates = state.apply_fn(
                 {"params": params, "batch_stats": state.batch_stats}, batch["image"],
-                train=True, mutable=["batch_stats"],
+                train=True, mutable=["batch_stats"], **extra,
             )
             loss, logs = spec.objective(outputs, batch, config.loss)
             return loss, (logs, updates["batch_stats"])

@@ -1,0 +1,86 @@
+"""MadisNet (Liang et al., AAAI 2022) around a jirl localizer, with the official training recipe.
+
+Variants (comma-separated, e.g. configs/madisnet.py:quick,rsrnet):
+  configs/madisnet.py         the official setting (train.py, scripts/train.sh): MadisNet(DIRL),
+                              iHDRNet (16 luma bins, theta 0.7), E_dom on VGG16 (style_dim 16),
+                              loss bce + iou on the mask and the five attention maps +
+                              1e-3 L_ddm (margin 1e-3) + 1e-3 L_di, three Adams 1e-4 (L2 1e-4),
+                              x0.5 at epochs 30/40/50/55, 60 epochs, batch 12, 256 px. It is the
+                              official recipe only with --config.data.source=ihd,
+                              --config.model.backbone_weights=<torchvision resnet34 .pth> and
+                              --config.model.vgg_weights=<torchvision vgg16 .pth>; train.py warns.
+  configs/madisnet.py:unet    MadisNet(UNet), the paper's other localizer.
+  configs/madisnet.py:rsrnet  MadisNet(RSRNet): RSRNet as G, with its own loss (no such model
+                              exists elsewhere).
+  configs/madisnet.py:quick   a CPU demo: the localizer's quick config (data, optimizer,
+                              schedule as configs/dirl.py:quick, so all quick runs compare) and a
+                              narrow, randomly initialized frozen E_dom.
+  configs/madisnet.py:noddm   no E_dom: the localizer on iHDRNet's I' without L_ddm and L_di
+                              (the ablation of the domain-discrepancy losses).
+"""
+
+import ml_collections
+
+from configs import default, dirl, rsrnet, unet
+
+LOCALIZERS = {"dirl": dirl, "unet": unet, "rsrnet": rsrnet}
+VARIANTS = ("quick", "noddm", "unet", "rsrnet")
+
+
+def ihdrnet_config() -> ml_collections.ConfigDict:
+    """The official iHDRNet (`HDRPointwiseNN` with MadisNet's options), 1,472,226 parameters."""
+    return ml_collections.ConfigDict({
+        "luma_bins": 16,
+        "channel_multiplier": 1,
+        "splat_layers": 4,  # log2(net_input_size 256 / spatial_bin 16)
+        "theta": 0.7,  # central-difference convs
+        "residual": False,  # the official ResNetBlock loses its skip; True restores it
+        "transposed_grid": True,  # the official slice samples the grid's axes swapped
+        "lowres_size": None,  # None: the coefficient net sees the image itself (official)
+        "slice_method": "gather",  # "gather" or "onehot": same values (benchmarks/bilateral_slice.py)
+    })
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    parts = [p for p in (arg or "").split(",") if p not in ("", "full")]
+    unknown = [p for p in parts if p not in VARIANTS]
+    if unknown or ("unet" in parts and "rsrnet" in parts):
+        raise ValueError(f"unknown variant {arg!r} of configs/madisnet.py; use '' or a "
+                         f"comma-separated choice of {', '.join(VARIANTS)} (one localizer)")
+    name = next((p for p in parts if p in LOCALIZERS), "dirl")
+    quick = "quick" in parts
+    base = LOCALIZERS[name].get_config("quick" if quick else None)
+    c = default.get_config() if not quick else base
+    localizer = base.model
+    del localizer["backbone_weights"]  # MadisNet's model.backbone_weights fills G's encoder
+    if name == "dirl":  # MadisNet's copy of DIRL resizes its attention maps with align_corners
+        localizer.attention_align_corners = True
+    c.model = ml_collections.ConfigDict({
+        "name": "madisnet",
+        "localizer": localizer,
+        "ihdrnet": ihdrnet_config(),
+        "style_dim": 16,
+        "vgg_features": (64, 64, 128, 128, 256, 256, 256),  # VGG16 conv1_1 ... conv3_3
+        "domain_encoder": True,
+        # torchvision .pth files: resnet34 for G's encoder stages 1-4, vgg16 for E_dom ("" = random)
+        "backbone_weights": "",
+        "vgg_weights": "",
+    })
+    c.loss = base.loss
+    if name == "dirl":
+        c.loss.mode = "bce_iou"  # loss_weights [1, lambda_ssim = 0, lambda_iou = 1]
+    c.loss.lambda_ddm = 1e-3  # lambda_tri
+    c.loss.lambda_di = 1e-3  # lambda_reg
+    c.loss.ddm_margin = 1e-3  # m
+    # Per-group overrides of config.optimizer (groups g, ihdrnet, domain_encoder), e.g.
+    # --config.optimizer.groups.ihdrnet.learning_rate=...; officially all three are the same.
+    c.optimizer.groups = ml_collections.ConfigDict()
+    if quick:
+        c.model.vgg_features = (16, 16, 32, 32, 64, 64, 64)
+    else:
+        c.batch_size = 12  # scripts/train.sh
+        c.data.crop_size = 256
+        c.recipe = "official"
+    if "noddm" in parts:
+        c.model.domain_encoder = False
+    return c

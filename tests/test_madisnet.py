@@ -1,0 +1,281 @@
+"""MadisNet: E_dom and the domain-discrepancy losses against the official code (fixture), the
+frozen VGG layers, the three optimizer groups, the objective, the configs and the importer."""
+
+import json
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from test_unet import synthetic_tensor
+
+from jirl import losses
+from jirl.convert import madisnet as convert
+from jirl.convert.torch_io import ConversionError
+from jirl.models import build_model, get_spec, init_model_variables, madisnet, resolve_spec
+from jirl.training.optim import make_optimizer
+from jirl.training.state import create_train_state
+from jirl.training.steps import make_train_step
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+TINY_VGG = (4, 4, 8, 8, 8, 8, 8)
+
+
+def tiny_config(localizer: str = "dirl", **model) -> ml_collections.ConfigDict:
+    """configs/madisnet.py:quick[,localizer] made narrow enough for unit tests (32 px)."""
+    from configs import madisnet as madisnet_config
+
+    c = madisnet_config.get_config("quick" if localizer == "dirl" else f"quick,{localizer}")
+    c.model.localizer.update(stem_features=8, stage_features=(8, 8, 16, 16, 16),
+                             stage_blocks=(1, 1, 1, 1, 1))
+    if localizer == "dirl":
+        c.model.localizer.ggd_ch = 4
+    c.model.ihdrnet.update(luma_bins=4, splat_layers=2)
+    c.model.update(vgg_features=TINY_VGG, style_dim=4, **model)
+    c.batch_size = 2
+    c.data.crop_size = 32
+    return c
+
+
+def _batch(seed: int = 0, b: int = 2, size: int = 32) -> dict:
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((b, size, size, 1), np.float32)
+    mask[0, 4:20, 6:30] = 1
+    mask[1:, 10:31, 12:28] = 1
+    return {"image": jnp.asarray(rng.standard_normal((b, size, size, 3)), jnp.float32),
+            "mask": jnp.asarray(mask)}
+
+
+@pytest.fixture(scope="module")
+def tiny_state():
+    c = tiny_config()
+    spec, model = build_model(c)
+    variables = init_model_variables(c, model)
+    return c, spec, model, create_train_state(model, make_optimizer(c.optimizer, 10, spec), variables)
+
+
+# ---------------------------------------------------------------- E_dom and the losses
+
+
+def _edom_fixture():
+    with np.load(os.path.join(FIXTURES, "edom.npz")) as f:
+        fx = dict(f)
+    return fx, json.loads(str(fx["index"]))
+
+
+def test_domain_encoder_matches_the_official_codes():
+    """Official `DomainEncoder(style_dim=16)` (tests/fixtures/README.md): the codes of foreground
+    and background on a composite and on a mapped image."""
+    fx, index = _edom_fixture()
+    b, h, w = index["shape"]
+    sd = {k: synthetic_tensor(k, tuple(s)) for k, s in index["synthetic"].items()}
+    for k in index["state_dict"]:  # PartialConv2d's second name for its conv's bias
+        if k.endswith(".conv.bias"):
+            sd[k] = sd[k.replace(".conv.bias", ".bias")]
+    enc = madisnet.DomainEncoder()
+    shapes = jax.eval_shape(lambda: enc.init(jax.random.PRNGKey(0), jnp.zeros((1, h, w, 3)),
+                                             jnp.ones((1, h, w, 1))))
+    target = {"params": jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes["params"]),
+              "batch_stats": {}}
+    variables = convert.domain_encoder_variables(sd, target)
+    n = b * h * w * 3
+    image = (synthetic_tensor("input/image", (n,)) * np.float32(10)).reshape(b, h, w, 3)
+    mapped = (synthetic_tensor("input/mapped", (n,)) * np.float32(2.5) + np.float32(0.5)).reshape(b, h, w, 3)
+    mask = fx["mask"].astype(np.float32)
+    codes = jax.jit(lambda x, m: enc.apply({"params": variables["params"]}, x, m))(
+        np.concatenate([image, image, mapped, mapped]), np.concatenate([mask, 1 - mask, mask, 1 - mask]))
+    np.testing.assert_allclose(np.asarray(codes).reshape(4, b, -1), fx["codes"], rtol=1e-5, atol=2e-5)
+
+
+def test_domain_discrepancy_losses_match_the_official_formulas():
+    fx, _ = _edom_fixture()
+    ddm, di = losses.domain_discrepancy_losses(*[jnp.asarray(c) for c in fx["codes"]], margin=1e-3)
+    np.testing.assert_allclose([float(ddm), float(di)], fx["losses"], rtol=2e-6)
+
+
+def test_losses_have_finite_gradients_when_a_discrepancy_vanishes():
+    """torch.norm's backward is 0 at 0; a naive sqrt would give NaN (an empty region, say)."""
+    z = jnp.ones((2, 4))
+    grads = jax.grad(lambda a: sum(losses.domain_discrepancy_losses(a, a, z, 2 * z)))(z)
+    chex.assert_tree_all_finite(grads)
+
+
+# ---------------------------------------------------------------- frozen VGG and optimizer groups
+
+
+def test_vgg_layers_are_frozen_and_have_no_optimizer_state(tiny_state):
+    c, spec, _, state = tiny_state
+    labels = spec.param_labels(state.params)
+    frozen = {k for k, v in labels["domain_encoder"].items() if set(jax.tree.leaves(v)) == {"frozen"}}
+    assert frozen == {f"conv{i}" for i in range(7)}
+    assert set(jax.tree.leaves(labels)) == {"g", "ihdrnet", "domain_encoder", "frozen"}
+    # Adam keeps two moments per trainable scalar, and nothing for the frozen ones
+    trainable = sum(x.size for x, lab in zip(jax.tree.leaves(state.params), jax.tree.leaves(labels),
+                                             strict=True) if lab != "frozen")
+    stored = sum(x.size for x in jax.tree.leaves(state.opt_state) if jnp.ndim(x) > 0)
+    assert stored == 2 * trainable
+    step = jax.jit(make_train_step(spec, c))
+    new, logs = step(state, _batch())
+    new, logs = step(new, _batch(1))
+    assert bool(logs["finite"])
+    for name, tree in state.params["domain_encoder"].items():
+        same = jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), tree,
+                                            new.params["domain_encoder"][name]))
+        assert all(same) == (name in frozen), name
+    for part in ("g", "ihdrnet"):
+        assert not jax.tree.all(jax.tree.map(jnp.array_equal, state.params[part], new.params[part]))
+
+
+def test_each_optimizer_group_takes_its_own_settings(tiny_state):
+    c, spec, _, state = tiny_state
+    c = c.copy_and_resolve_references()
+    c.optimizer.groups = ml_collections.ConfigDict({"ihdrnet": {"learning_rate": 0.0}})
+    tx = make_optimizer(c.optimizer, 10, spec)
+    grads = jax.tree.map(jnp.ones_like, state.params)
+    updates, _ = jax.jit(tx.update)(grads, tx.init(state.params), state.params)
+    moved = {part: any(bool(jnp.any(u != 0)) for u in jax.tree.leaves(updates[part]))
+             for part in updates}
+    assert moved == {"g": True, "ihdrnet": False, "domain_encoder": True}
+    assert not any(bool(jnp.any(u != 0)) for name, tree in updates["domain_encoder"].items()
+                   if name.startswith("conv") for u in jax.tree.leaves(tree))  # frozen VGG
+    c.optimizer.groups = ml_collections.ConfigDict({"vgg": {"learning_rate": 0.0}})
+    with pytest.raises(ValueError, match=r"groups names \['vgg'\].*\['domain_encoder', 'g', 'ihdrnet'\]"):
+        make_optimizer(c.optimizer, 10, spec)
+    c.optimizer.groups = ml_collections.ConfigDict({"g": {"lr": 0.0}})
+    with pytest.raises(ValueError, match=r"groups.g has unknown keys \['lr'\]"):
+        make_optimizer(c.optimizer, 10, spec)
+
+
+def test_gradients_reach_every_trainable_parameter(tiny_state):
+    c, spec, model, state = tiny_state
+    params = jax.tree.map(jnp.asarray, state.params)
+    params["ihdrnet"]["coeffs"]["sa"]["gamma"] = jnp.full((1,), 0.5)  # 0 at init hides attention
+
+    def loss(p):
+        out, _ = model.apply({"params": p, "batch_stats": state.batch_stats}, _batch()["image"],
+                             train=True, mask=_batch()["mask"], mutable=["batch_stats"])
+        return spec.objective(out, _batch(), c.loss)[0]
+
+    grads = jax.jit(jax.grad(loss))(params)
+    labels = spec.param_labels(params)
+    flat = jax.tree_util.tree_flatten_with_path(grads)[0]
+    zero = {jax.tree_util.keystr(k) for k, g in flat if not np.any(np.asarray(g))}
+    frozen = {jax.tree_util.keystr(k) for k, lab in jax.tree_util.tree_flatten_with_path(labels)[0]
+              if lab == "frozen"}
+    never_called = {k for k in zero if "['ggd']['d0']['conv4']" in k}  # DIRL's unused GGD conv4
+    assert zero - never_called == frozen
+
+
+# ---------------------------------------------------------------- objective, outputs, configs
+
+
+def test_objective_adds_the_weighted_discrepancy_losses_to_the_localizers(tiny_state):
+    c, spec, model, state = tiny_state
+    batch = _batch()
+    out = jax.jit(lambda v, x, m: model.apply(v, x, train=False, mask=m))(state.variables(),
+                                                                        batch["image"], batch["mask"])
+    total, logs = spec.objective(out, batch, c.loss)
+    loc_total, _ = get_spec("dirl").objective(out, batch, c.loss)
+    ddm, di = losses.domain_discrepancy_losses(*out["domain_codes"], margin=1e-3)
+    np.testing.assert_allclose(total, loc_total + 1e-3 * ddm + 1e-3 * di, rtol=1e-6)
+    assert {"ddm", "di", "localization", "bce", "iou", "attention", "total"} <= set(logs)
+    assert "ssim" not in logs  # MadisNet's DIRL loss is bce + iou
+    chex.assert_shape(out["retouched"], (2, 32, 32, 3))
+    chex.assert_shape(out["domain_codes"], [(2, 4)] * 4)
+    evaluated = model.apply(state.variables(), batch["image"])  # evaluation: no E_dom
+    assert "domain_codes" not in evaluated and set(spec.eval_masks(evaluated)) == {"mask"}
+
+
+def _shapes(model, spec, loss_cfg, train: bool):
+    """Shapes of the variables, the outputs and the logs (traced, not compiled)."""
+    batch = _batch()
+
+    def run():
+        v = model.init(jax.random.PRNGKey(0), batch["image"])
+        if not train:
+            return v, model.apply(v, batch["image"]), {}
+        out, _ = model.apply(v, batch["image"], train=True, mask=batch["mask"], mutable=["batch_stats"])
+        return v, out, spec.objective(out, batch, loss_cfg)[1]
+
+    return jax.eval_shape(run)
+
+
+def test_without_the_domain_encoder_there_is_no_discrepancy_loss():
+    c = tiny_config(domain_encoder=False)
+    spec, model = build_model(c)
+    v, out, logs = _shapes(model, spec, c.loss, train=True)
+    assert set(v["params"]) == {"g", "ihdrnet"} and "domain_codes" not in out
+    assert [p.key for p in spec.pretrained] == ["backbone_weights"]
+    assert "ddm" not in logs and "localization" in logs
+
+
+def test_any_registered_localizer_is_g():
+    for localizer, masks in (("unet", {"mask"}), ("rsrnet", {"M_fnl", "M_dec", "M_rsr"})):
+        c = tiny_config(localizer)
+        spec, model = build_model(c)
+        assert spec.primary_mask == get_spec(localizer).primary_mask
+        assert spec.step_masks is get_spec(localizer).step_masks
+        _, out, logs = _shapes(model, spec, c.loss, train=True)
+        assert set(spec.eval_masks(out)) == masks and {"ddm", "di"} <= set(logs)
+
+
+def test_configs():
+    from configs import madisnet as madisnet_config
+
+    c = madisnet_config.get_config()
+    assert (c.batch_size, c.data.crop_size, c.num_epochs, c.recipe) == (12, 256, 60, "official")
+    assert tuple(c.optimizer.decay_epochs) == (30, 40, 50, 55) and c.optimizer.learning_rate == 1e-4
+    assert c.model.localizer.name == "dirl" and c.model.localizer.attention_align_corners
+    loss = (c.loss.mode, c.loss.lambda_ddm, c.loss.lambda_di, c.loss.ddm_margin)
+    assert loss == ("bce_iou", 1e-3, 1e-3, 1e-3)
+    spec = resolve_spec(c.model)
+    assert [(p.key, p.kind, p.prefix) for p in spec.pretrained] == [
+        ("backbone_weights", "resnet34", "g"), ("vgg_weights", "vgg16", "domain_encoder")]
+    from configs import dirl as dirl_config
+
+    quick, reference = madisnet_config.get_config("quick"), dirl_config.get_config("quick")
+    for key in reference:  # quick trains exactly like configs/dirl.py:quick: comparable results
+        if key not in ("model", "loss", "optimizer"):
+            assert quick[key] == reference[key], key
+    assert madisnet_config.get_config("quick,rsrnet").model.localizer.name == "rsrnet"
+    assert not madisnet_config.get_config("noddm").model.domain_encoder
+    with pytest.raises(ValueError, match="unknown variant 'unet,rsrnet'"):
+        madisnet_config.get_config("unet,rsrnet")
+    bad = madisnet_config.get_config("quick")
+    bad.model.luma_bins = 8
+    with pytest.raises(ValueError, match=r"keys that MadisNet does not take: \['luma_bins'\]"):
+        build_model(bad)
+
+
+# ---------------------------------------------------------------- the importer
+
+
+def test_domain_encoder_importer_checks_the_duplicate_bias_and_the_weights():
+    fx, index = _edom_fixture()
+    sd = {k: synthetic_tensor(k, tuple(s)) for k, s in index["synthetic"].items()}
+    for k in index["state_dict"]:
+        if k.endswith(".conv.bias"):
+            sd[k] = sd[k.replace(".conv.bias", ".bias")]
+    shapes = jax.eval_shape(lambda: madisnet.DomainEncoder().init(
+        jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)), jnp.ones((1, 16, 16, 1))))
+    target = {"params": jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes["params"]),
+              "batch_stats": {}}
+    out = convert.domain_encoder_variables(sd, target)
+    np.testing.assert_array_equal(out["params"]["weight"], sd["weight"])
+    np.testing.assert_array_equal(out["params"]["conv3"]["kernel"],
+                                  sd["conv3.conv.weight"].transpose(2, 3, 1, 0))
+    broken = dict(sd, **{"conv2.bias": sd["conv2.bias"] + 1})
+    with pytest.raises(ConversionError, match="conv2.bias differs from conv2.conv.bias"):
+        convert.domain_encoder_variables(broken, target)
+    with pytest.raises(ConversionError, match="missing source key: weight"):
+        convert.domain_encoder_variables({k: v for k, v in sd.items() if k != "weight"}, target)
+
+
+def test_an_optimizer_without_groups_is_one_adam(tiny_state):
+    c, _, _, state = tiny_state
+    tx = make_optimizer(c.optimizer, 10)
+    assert not isinstance(tx.init(state.params), optax.MultiTransformState)
