@@ -58,17 +58,18 @@ SLICE_METHODS = ("gather", "onehot")
 # The bilateral slice
 
 
-def _grid_positions(n: int, size: int) -> np.ndarray:
+def _grid_positions(n: int, size: int, dtype) -> np.ndarray:
     """Continuous grid indices of `n` evenly spaced samples, computed as the official code does.
 
-    `Slice` normalizes pixel i to i / (n - 1) * 2 - 1 and `grid_sample(align_corners=True)` maps
-    a coordinate u to ((u + 1) / 2) * (size - 1), both in float32: the same float32 steps here.
+    `Slice` normalizes pixel i to i / (n - 1) * 2 - 1 in float32, and grid_sample(align_corners=
+    True) maps a coordinate u to ((u + 1) / 2) * (size - 1) in the grid's precision (`dtype`):
+    the same steps here, so float32 and float64 runs both reproduce the official positions.
     """
     if n < 2:
         raise ValueError(f"the bilateral slice needs at least 2 pixels per axis, got {n}")
     i = np.arange(n, dtype=np.float32)
-    u = i / np.float32(n - 1) * np.float32(2) - np.float32(1)
-    return (u + np.float32(1)) / np.float32(2) * np.float32(size - 1)
+    u = (i / np.float32(n - 1) * np.float32(2) - np.float32(1)).astype(dtype)
+    return (u + dtype.type(1)) / dtype.type(2) * dtype.type(size - 1)
 
 
 def _linear_corners(pos: Array, size: int) -> tuple[tuple[Array, Array], ...]:
@@ -152,7 +153,8 @@ def bilateral_slice(grid: Array, guide: Array, method: str = "gather") -> Array:
                          f"got {grid.shape} and {guide.shape}")
     b, gh, gw, depth, _ = grid.shape
     h, w = guide.shape[1:]
-    rows, cols = _grid_positions(h, gh), _grid_positions(w, gw)
+    precision = np.dtype(jnp.promote_types(grid.dtype, jnp.float32))
+    rows, cols = _grid_positions(h, gh, precision), _grid_positions(w, gw, precision)
     luma = (guide.astype(stat_dtype(guide.dtype)) + 1) / 2 * (depth - 1)
     if method == "gather":
         return _slice_gather(grid, rows, cols, luma)
