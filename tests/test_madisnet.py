@@ -348,3 +348,58 @@ def test_matches_the_official_forward_pass(localizer):
                                        atol=1e-4, rtol=0, err_msg=f"{tag} {mode} I'")
         if f"libcom/eval/mask/{tag}" in fx:
             np.testing.assert_array_equal(fx[f"libcom/eval/mask/{tag}"], fx[f"dirl/eval/masks/{tag}"][0])
+
+
+def test_convert_cli_reads_libcom_files_into_a_checkpoint_eval_accepts(tmp_path):
+    """libcom's `Inharmonious_G.pth` + `IHDRNet.pth` ({'state_dict': ...}, torch.save) ->
+    `python -m jirl.convert madisnet` -> the checkpoint restores and gives the official masks."""
+    torch = pytest.importorskip("torch", reason="the optional extra jirl[torch] is not installed")
+    from configs import madisnet as madisnet_config
+    from jirl.convert.__main__ import convert as convert_cli
+    from jirl.training import checkpoints as ckpt
+
+    with np.load(os.path.join(FIXTURES, "madisnet.npz")) as f:
+        fx = dict(f)
+    index = json.loads(str(fx["index"]))
+    info = index["dirl"]
+    sd = {k: synthetic_tensor(k, tuple(s)) for k, s in info["synthetic"].items()}
+    keys, sizes = zip(*info["stored"], strict=True)
+    bounds = np.cumsum([0, *sizes])
+    sd.update({k: fx["dirl/stored"][a:b].astype(np.float32)
+               for k, a, b in zip(keys, bounds[:-1], bounds[1:], strict=True)})
+    files = {}
+    for part, name in (("g", "Inharmonious_G.pth"), ("ihdrnet", "IHDRNet.pth")):
+        state = {k.partition(".")[2]: torch.from_numpy(np.ascontiguousarray(v))
+                 for k, v in sd.items() if k.startswith(part + ".")}
+        torch.save({"epoch": 60, "best_acc": 0.7, "state_dict": state}, tmp_path / name)
+        files[part] = str(tmp_path / name)
+    c = madisnet_config.get_config()
+    c.model.domain_encoder = False
+    out = convert_cli("madisnet", files, str(tmp_path / "ckpt"), c)
+    _, model = build_model(c)
+    target = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+    variables = ckpt.restore_model(out, target, model_cfg=c.model)
+    x = (synthetic_tensor("input/48x80", (2 * 48 * 80 * 3,)) * np.float32(10)).reshape(2, 48, 80, 3)
+    mask = jax.jit(lambda v, x: model.apply(v, x)["mask"])(variables, jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(mask)[:, ::2, ::2], fx["dirl/eval/masks/48x80"][0], atol=MASK_ATOL)
+    # a MadisNet(UNet) g file under the DIRL config: one clear message
+    with pytest.raises(ConversionError, match="not in DIRLNet's encoder or decoder.*madisnet.py:unet"):
+        convert.localizer_variables({"in_conv.0.weight": np.zeros(1)}, {}, "dirl")
+
+
+def test_eval_step_returns_the_mapped_image_and_it_saves_as_rgb(tiny_state, tmp_path):
+    from PIL import Image
+
+    from jirl.training.evaluate import _save_masks
+    from jirl.training.steps import make_eval_step
+
+    c, spec, model, state = tiny_state
+    batch = dict(_batch(), valid=jnp.ones((2,), bool))
+    per_image, saved = jax.jit(make_eval_step(spec, c, model.apply))(state.variables(), batch)
+    assert set(per_image) == {"mask"} and set(saved) == {"mask", "retouched"}
+    chex.assert_shape(saved["retouched"], (2, 32, 32, 3))
+    _save_masks(str(tmp_path), np.asarray(saved["retouched"]), np.array(["a.jpg", "b.jpg"]),
+                np.array([True, False]))
+    png = np.asarray(Image.open(tmp_path / "a.png"))
+    assert png.shape == (32, 32, 3) and not (tmp_path / "b.png").exists()
+    np.testing.assert_allclose(png / 255, np.asarray(saved["retouched"][0]), atol=0.5 / 255 + 1e-6)

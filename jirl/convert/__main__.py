@@ -2,6 +2,9 @@
 
   python -m jirl.convert dirl --encoder E.pth --decoder D.pth --out DIR [--config FILE[:variant]]
   python -m jirl.convert unet --checkpoint G.pth --out DIR [--config FILE[:variant]]
+  python -m jirl.convert madisnet --g G.pth --ihdrnet I.pth [--domain_encoder E.pth] --out DIR
+      [--config configs/madisnet.py[:unet]]    # official g/ihdrnet/domain_encoder_epoch*.pth, or
+                                               # libcom's Inharmonious_G.pth + IHDRNet.pth
 
 The model architecture comes from `--config` (default `configs/<model>.py`, the official setting),
 with `--config.key=value` overrides as in train.py and eval.py, e.g.
@@ -26,16 +29,26 @@ SOURCES: dict[str, dict[str, str]] = {
     "dirl": {"encoder": "official DIRL encoder state_dict (.pth)",
              "decoder": "official DIRL decoder state_dict (.pth)"},
     "unet": {"checkpoint": "official MadisNet UNet state_dict (.pth, e.g. g_epoch*.pth)"},
+    "madisnet": {"g": "MadisNet localizer (.pth: official g_epoch*.pth, libcom Inharmonious_G.pth)",
+                 "ihdrnet": "MadisNet iHDRNet (.pth: official ihdrnet_epoch*.pth, libcom IHDRNet.pth)",
+                 "domain_encoder": "optional MadisNet E_dom (.pth: domain_encoder_epoch*.pth); "
+                                   "without it E_dom keeps its initialization (training only)"},
 }
+OPTIONAL = {"domain_encoder"}  # source flags that may be left out
 FLAGS = flags.FLAGS
 
 
-def _loader(model: str, files: dict[str, str]) -> Callable[[dict], dict]:
+def _loader(model: str, files: dict[str, str], localizer: str = "") -> Callable[[dict], dict]:
     """target variables -> variables filled from the official files of `model`."""
     if model == "dirl":
         from jirl.convert import dirl
 
         return lambda target: dirl.load_official(files["encoder"], files["decoder"], target)
+    if model == "madisnet":
+        from jirl.convert import madisnet
+
+        return lambda target: madisnet.load_official(
+            files["g"], files["ihdrnet"], target, localizer, files.get("domain_encoder"))
     from jirl.convert import unet
 
     return lambda target: unet.load_official(files["checkpoint"], target)
@@ -54,7 +67,8 @@ def convert(model: str, files: dict[str, str], out: str, config) -> str:
         raise ConversionError(f"--out {out} exists and is not empty; choose a new directory")
     _, module = build_model(config)
     target = jax.device_get(init_model_variables(config, module))
-    variables = _loader(model, files)(target)
+    localizer = config.model.localizer.name if model == "madisnet" else ""
+    variables = _loader(model, files, localizer)(target)
     meta = {"model": model, "source": {k: os.path.abspath(v) for k, v in files.items()},
             "config": json.loads(config.to_json_best_effort())}
     return write_model_checkpoint(out, variables, meta)
@@ -87,7 +101,8 @@ def main(argv: list[str]) -> int:
     if len(args) != 1 or args[0] not in SOURCES:
         raise app.UsageError(f"name one model to convert: {' | '.join(SOURCES)} (got {args})")
     model = args[0]
-    files = {name: FLAGS[name].value for name in SOURCES[model]}
+    files = {name: FLAGS[name].value for name in SOURCES[model]
+             if FLAGS[name].value or name not in OPTIONAL}
     missing = [f"--{k}" for k, v in [*files.items(), ("out", FLAGS.out)] if not v]
     if missing:
         raise app.UsageError(f"{model} needs {', '.join(missing)}")

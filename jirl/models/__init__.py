@@ -53,6 +53,8 @@ class ModelSpec:
         the params' structure whose leaves name each parameter's group (one optax optimizer per
         group, `config.optimizer.groups.<group>` overriding its settings); the group "frozen"
         gets no update and no optimizer state. None: one optimizer for all.
+    eval_images(outputs) -> {name: [B,H,W,3] image in [0, 1]} that `eval.py --save_masks` writes
+        beside the masks without scoring them (MadisNet's mapped image I'); None: none.
     for_config(model_cfg) -> the ModelSpec of this configuration, for systems whose objective,
         masks or pretrained parts depend on it (MadisNet's, on its localizer); None: this one.
     """
@@ -67,6 +69,7 @@ class ModelSpec:
     train_inputs: Callable[..., dict] | None = None
     param_groups: tuple[str, ...] = ()
     param_labels: Callable[..., Any] | None = None
+    eval_images: Callable[..., dict] | None = None
     for_config: Callable[..., ModelSpec] | None = None
 
 

@@ -147,6 +147,11 @@ def eval_masks(outputs: dict) -> dict[str, Array]:
     return {"mask": outputs["mask"]}
 
 
+def eval_images(outputs: dict) -> dict[str, Array]:
+    """The mapped image I', which `eval.py --save_masks` writes as retouched/<example>.png."""
+    return {"retouched": outputs["retouched"]}
+
+
 def train_inputs(batch: dict) -> dict:
     """E_dom reads the ground-truth region during training."""
     return {"mask": batch["mask"]}
@@ -184,4 +189,4 @@ def for_config(model_cfg: ml_collections.ConfigDict) -> ModelSpec:
 
 SPEC = ModelSpec(name="madisnet", build=build, objective=objective, eval_masks=eval_masks,
                  train_inputs=train_inputs, param_groups=PARAM_GROUPS, param_labels=param_labels,
-                 for_config=for_config)
+                 eval_images=eval_images, for_config=for_config)

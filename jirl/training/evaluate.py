@@ -51,13 +51,15 @@ def _gather_strings(names: np.ndarray, width: int = 256) -> np.ndarray:
     return np.array([bytes(c).rstrip(b"\0").decode() for c in codes])
 
 
-def _save_png(path: str, mask: np.ndarray) -> None:
-    """Writes a [H, W, 1] probability mask as an 8-bit PNG, atomically."""
-    visualize.save_png(path, np.round(np.clip(mask[..., 0], 0, 1) * 255).astype(np.uint8))
+def _save_png(path: str, image: np.ndarray) -> None:
+    """Writes a [H, W, 1] probability mask or a [H, W, 3] image in [0, 1] as an 8-bit PNG, atomically."""
+    pixels = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+    visualize.save_png(path, pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
 
 
 def _save_masks(directory: str, masks: np.ndarray, names: np.ndarray, valid: np.ndarray) -> None:
-    """Writes `masks[i]` as `<directory>/<stem of names[i]>.png` for every valid row."""
+    """Writes `masks[i]` (a mask or an image) as `<directory>/<stem of names[i]>.png` for every
+    valid row."""
     for i in np.flatnonzero(valid):
         stem = os.path.splitext(os.path.basename(str(names[i])))[0]
         _save_png(os.path.join(directory, stem + ".png"), masks[i])
@@ -80,7 +82,8 @@ def evaluate(
     rows `baseline/mean_mask` and `baseline/all_foreground` after the model's masks when
     `baselines` is given (see jirl.training.baselines). With `mask_dir`, writes each predicted
     mask as `<mask_dir>/<mask name>/<example name>.png` (each process writes the examples it
-    read, so a multi-process run writes every mask once).
+    read, so a multi-process run writes every mask once), and so the model's pictures that are
+    not scored (`ModelSpec.eval_images`, e.g. MadisNet's mapped image as `retouched/`).
     """
     split = split or config.eval.split
     global_batch = config.eval.batch_size
@@ -113,6 +116,9 @@ def evaluate(
             if mask_dir and mask_name in masks:
                 _save_masks(os.path.join(mask_dir, mask_name), _local_rows(masks[mask_name], mesh),
                             names, np.asarray(batch["valid"], bool))
+        for image_name in (set(masks) - set(per_image)) if mask_dir else ():
+            _save_masks(os.path.join(mask_dir, image_name), _local_rows(masks[image_name], mesh),
+                        names, np.asarray(batch["valid"], bool))
         seen += int(valid.sum())
         if 0 < limit <= seen:
             break

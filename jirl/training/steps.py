@@ -73,10 +73,11 @@ def compile_step(jitted: Callable, *args) -> Callable:
 
 def make_eval_step(spec: ModelSpec, config: ml_collections.ConfigDict,
                    apply_fn: Callable) -> Callable:
-    """eval_step(variables, batch) -> ({mask name: per-image metrics}, {mask name: mask}).
+    """eval_step(variables, batch) -> ({mask name: per-image metrics}, {name: mask or image}).
 
     Metrics follow the official protocol (`config.eval.normalize`: per-image min-max
     normalization before thresholding at 0.5); padded rows (`batch["valid"]` False) are masked.
+    The second dict also holds the model's unscored pictures (`ModelSpec.eval_images`).
     """
 
     per_iteration = bool(config.eval.get("per_iteration", False))
@@ -94,6 +95,7 @@ def make_eval_step(spec: ModelSpec, config: ml_collections.ConfigDict,
                 m, batch["mask"], normalize=config.eval.normalize, valid=batch.get("valid"))
             for name, m in masks.items()
         }
-        return per_image, masks
+        images = spec.eval_images(outputs) if spec.eval_images is not None else {}
+        return per_image, {**masks, **images}
 
     return eval_step
