@@ -247,6 +247,12 @@ def test_configs():
     for key in reference:  # quick trains exactly like configs/dirl.py:quick: comparable results
         if key not in ("model", "loss", "optimizer"):
             assert quick[key] == reference[key], key
+    from jirl.training import cli
+
+    problems = cli.recipe_warnings(c)  # the official recipe needs iHarmony4 and both ImageNet files
+    assert [p.split(" is unset")[0].split("config.model.")[-1] for p in problems[:2]] == [
+        "backbone_weights", "vgg_weights"] and "config.data.source" in problems[2]
+    assert cli.recipe_warnings(quick) == []
     assert madisnet_config.get_config("quick,rsrnet").model.localizer.name == "rsrnet"
     assert not madisnet_config.get_config("noddm").model.domain_encoder
     with pytest.raises(ValueError, match="unknown variant 'unet,rsrnet'"):
