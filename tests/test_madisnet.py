@@ -296,13 +296,15 @@ def test_an_optimizer_without_groups_is_one_adam(tiny_state):
 # ---------------------------------------------------------------- official forward pass
 
 
-def _official_variables(localizer: str, fx: dict, index: dict, target: dict) -> dict:
-    """The fixture's MadisNet(localizer) weights (regenerated) and BN statistics, imported."""
+def _official_variables(localizer: str, fx: dict, index: dict, target: dict,
+                        stats: str = "stored") -> dict:
+    """The fixture's MadisNet(localizer) weights (regenerated) and BN statistics (`stats`: the
+    stored ones, or those after a train pass, `after_train/<size>`), imported."""
     info = index[localizer]
     sd = {k: synthetic_tensor(k, tuple(s)) for k, s in info["synthetic"].items()}
     keys, sizes = zip(*info["stored"], strict=True)
     bounds = np.cumsum([0, *sizes])
-    flat = fx[f"{localizer}/stored"]
+    flat = fx[f"{localizer}/{stats}"]
     sd.update({k: flat[a:b].astype(np.float32)
                for k, a, b in zip(keys, bounds[:-1], bounds[1:], strict=True)})
     parts = {"g": {}, "ihdrnet": {}}
@@ -340,13 +342,18 @@ def test_matches_the_official_forward_pass(localizer):
     @jax.jit
     def run(v, x):
         ev = model.apply(v, x, False)
-        tr, _ = model.apply(v, x, True, mutable=["batch_stats"])
-        return (maps(ev), ev["retouched"]), (maps(tr), tr["retouched"])
+        tr, upd = model.apply(v, x, True, mutable=["batch_stats"])
+        return (maps(ev), ev["retouched"]), (maps(tr), tr["retouched"]), upd["batch_stats"]
 
     for h, w in index["sizes"]:
         tag, s = f"{h}x{w}", index["strides"][f"{h}x{w}"]
         x = (synthetic_tensor(f"input/{tag}", (2 * h * w * 3,)) * np.float32(10)).reshape(2, h, w, 3)
-        for mode, (masks, retouched) in zip(("eval", "train"), run(variables, jnp.asarray(x)), strict=True):
+        *outputs, after = run(variables, jnp.asarray(x))
+        if f"{localizer}/after_train/{tag}" in fx:  # BN statistics after the train pass (G and iHDRNet)
+            expected = _official_variables(localizer, fx, index, target, f"after_train/{tag}")
+            jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4, atol=1e-5),
+                         after, expected["batch_stats"])
+        for mode, (masks, retouched) in zip(("eval", "train"), outputs, strict=True):
             key = f"{localizer}/{mode}/%s/{tag}"
             np.testing.assert_allclose(np.asarray(masks)[:, :, ::s, ::s], fx[key % "masks"],
                                        atol=MASK_ATOL, rtol=0, err_msg=f"{tag} {mode} masks")
