@@ -296,10 +296,9 @@ def test_an_optimizer_without_groups_is_one_adam(tiny_state):
 # ---------------------------------------------------------------- official forward pass
 
 
-def _official_variables(localizer: str, fx: dict, index: dict, target: dict,
-                        stats: str = "stored") -> dict:
+def _official_state_dict(localizer: str, fx: dict, index: dict, stats: str = "stored") -> dict:
     """The fixture's MadisNet(localizer) weights (regenerated) and BN statistics (`stats`: the
-    stored ones, or those after a train pass, `after_train/<size>`), imported."""
+    stored ones, or those after a train pass, `after_train/<size>`), keyed "g.*" / "ihdrnet.*"."""
     info = index[localizer]
     sd = {k: synthetic_tensor(k, tuple(s)) for k, s in info["synthetic"].items()}
     keys, sizes = zip(*info["stored"], strict=True)
@@ -307,6 +306,13 @@ def _official_variables(localizer: str, fx: dict, index: dict, target: dict,
     flat = fx[f"{localizer}/{stats}"]
     sd.update({k: flat[a:b].astype(np.float32)
                for k, a, b in zip(keys, bounds[:-1], bounds[1:], strict=True)})
+    return sd
+
+
+def _official_variables(localizer: str, fx: dict, index: dict, target: dict,
+                        stats: str = "stored") -> dict:
+    """`_official_state_dict`, imported into `target`'s tree."""
+    sd = _official_state_dict(localizer, fx, index, stats)
     parts = {"g": {}, "ihdrnet": {}}
     for k, v in sd.items():
         part, _, rest = k.partition(".")
@@ -373,13 +379,7 @@ def test_convert_cli_reads_libcom_files_into_a_checkpoint_eval_accepts(tmp_path)
 
     with np.load(os.path.join(FIXTURES, "madisnet.npz")) as f:
         fx = dict(f)
-    index = json.loads(str(fx["index"]))
-    info = index["dirl"]
-    sd = {k: synthetic_tensor(k, tuple(s)) for k, s in info["synthetic"].items()}
-    keys, sizes = zip(*info["stored"], strict=True)
-    bounds = np.cumsum([0, *sizes])
-    sd.update({k: fx["dirl/stored"][a:b].astype(np.float32)
-               for k, a, b in zip(keys, bounds[:-1], bounds[1:], strict=True)})
+    sd = _official_state_dict("dirl", fx, json.loads(str(fx["index"])))
     files = {}
     for part, name in (("g", "Inharmonious_G.pth"), ("ihdrnet", "IHDRNet.pth")):
         state = {k.partition(".")[2]: torch.from_numpy(np.ascontiguousarray(v))
