@@ -317,8 +317,9 @@ def domain_discrepancy_losses(
     the paper writes a hinge on distances) magnifies the discrepancy, and L_di = mean(1 −
     cos(Δ, Δ')), the cosine with eps added to the product of norms, keeps its direction.
     """
-    delta = (z_f - z_b).astype(jnp.float32)
-    mapped = (z_f_mapped - z_b_mapped).astype(jnp.float32)
+    dtype = jnp.promote_types(z_f.dtype, jnp.float32)  # float32, or float64 under jax_enable_x64
+    delta = (z_f - z_b).astype(dtype)
+    mapped = (z_f_mapped - z_b_mapped).astype(dtype)
     distance = jnp.sum(jnp.square(delta), axis=-1)
     magnified = jnp.sum(jnp.square(mapped), axis=-1)
     ddm = jnp.mean(jax.nn.relu(distance - magnified + margin))

@@ -416,3 +416,124 @@ def test_eval_step_returns_the_mapped_image_and_it_saves_as_rgb(tiny_state, tmp_
     png = np.asarray(Image.open(tmp_path / "a.png"))
     assert png.shape == (32, 32, 3) and not (tmp_path / "b.png").exists()
     np.testing.assert_allclose(png / 255, np.asarray(saved["retouched"][0]), atol=0.5 / 255 + 1e-6)
+
+
+# ---------------------------------------------------------------- one training step in float64
+
+
+def _step_fixture():
+    with np.load(os.path.join(FIXTURES, "madisnet_step.npz")) as f:
+        fx = dict(f)
+    with np.load(os.path.join(FIXTURES, "madisnet.npz")) as f:
+        bn_keys = json.loads(str(f["index"]))  # the BN statistics' keys of the same networks
+    return fx, json.loads(str(fx["index"])), bn_keys
+
+
+def _step_state_dicts(localizer: str, index: dict, bn_keys: dict, fill) -> tuple[dict, dict, dict]:
+    """Official (g, ihdrnet, domain_encoder) state_dicts of the fixture's networks with
+    `fill(i, key, shape)` as the value of parameter i and default BN statistics."""
+    parts = {"g": {}, "ihdrnet": {}, "domain_encoder": {}}
+    info = index[localizer]
+    for i, (key, shape) in enumerate(zip(info["keys"], info["shapes"], strict=True)):
+        part, _, rest = key.partition(".")
+        parts[part][rest] = fill(i, key, tuple(shape))
+    for key, n in bn_keys[localizer]["stored"]:
+        part, _, rest = key.partition(".")
+        parts[part][rest] = np.zeros(n, np.float32) if rest.endswith("mean") else np.ones(n, np.float32)
+    for k in [k for k in parts["domain_encoder"] if k.startswith("conv") and k.count(".") == 1]:
+        if k.endswith(".bias"):  # named_parameters lists the partial conv's bias once, state_dict twice
+            parts["domain_encoder"][k.replace(".bias", ".conv.bias")] = parts["domain_encoder"][k]
+    return parts["g"], parts["ihdrnet"], parts["domain_encoder"]
+
+
+def _to_official(tree: dict, keys: dict, flat_index: dict, n: int) -> list[np.ndarray | None]:
+    """A jirl params tree laid out as the official tensors (flattened, in the fixture's order):
+    `keys` / `flat_index` are the same tree holding, per entry, its official tensor and position."""
+    out: list = [None] * n
+    for leaf, key, pos in zip(jax.tree.leaves(tree), jax.tree.leaves(keys), jax.tree.leaves(flat_index),
+                              strict=True):
+        leaf, key, pos = np.asarray(leaf).ravel(), np.asarray(key).ravel(), np.asarray(pos).ravel()
+        for i in np.unique(key):
+            if out[int(i)] is None:
+                out[int(i)] = np.full(int(pos[key == i].max()) + 1, np.nan)
+            out[int(i)][pos[key == i].astype(np.int64)] = leaf[key == i]
+    return out
+
+
+@pytest.mark.parametrize("localizer", ["dirl", "unet"])
+def test_one_float64_training_step_matches_the_official(localizer):
+    """Official MadisNet(DIRL) / MadisNet(UNet) with E_dom, float64, one step of `train.py` on a
+    2 x 64 x 64 composite (tests/fixtures/README.md): the loss terms, the gradient of every
+    parameter (sum, sum of squares, 6 sampled entries) and the change of every parameter after
+    the three Adams (coupled L2 1e-4); the VGG layers get no gradient and do not move."""
+    from configs import madisnet as madisnet_config
+
+    fx, index, bn_keys = _step_fixture()
+    info, n = index[localizer], len(index[localizer]["keys"])
+    c = madisnet_config.get_config("" if localizer == "dirl" else localizer)
+    with jax.enable_x64(True):
+        spec = resolve_spec(c.model)
+        model = spec.build(c.model, dtype=jnp.float64)
+        shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+        target = jax.tree.map(lambda s: np.zeros(s.shape, np.float32), shapes)
+
+        def convert_with(fill):
+            g, ihdrnet, domain_encoder = _step_state_dicts(localizer, index, bn_keys, fill)
+            return convert.madisnet_variables(g, ihdrnet, target, localizer, domain_encoder)
+
+        variables = convert_with(lambda i, k, s: synthetic_tensor(k, s))
+        # the same conversion of each tensor's index and of each entry's position in it
+        keys = convert_with(lambda i, k, s: np.full(s, i, np.float32))["params"]
+        positions = convert_with(lambda i, k, s: np.arange(np.prod(s), dtype=np.float32).reshape(s))
+        flat_index = positions["params"]
+        variables = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), variables)
+        state = create_train_state(model, make_optimizer(c.optimizer, 10, spec), variables)
+        mask = fx["mask"].astype(np.float64)
+        b, h, w = index["shape"]
+        image = (synthetic_tensor("step/image", (b * h * w * 3,)) * np.float32(2)).reshape(b, h, w, 3)
+        image = image + mask.astype(np.float32) * np.array([1.5, -1.0, 0.5], np.float32)
+        batch = {"image": jnp.asarray(image, jnp.float64), "mask": jnp.asarray(mask)}
+        step = make_train_step(spec, c)
+
+        @jax.jit
+        def run(state, batch):
+            def loss(params):
+                outputs = state.apply_fn({"params": params, "batch_stats": state.batch_stats},
+                                         batch["image"], train=True, mutable=["batch_stats"],
+                                         mask=batch["mask"])[0]
+                return spec.objective(outputs, batch, c.loss)[0]
+
+            return jax.grad(loss)(state.params), *step(state, batch)
+
+        grads, new_state, logs = run(state, batch)
+        assert logs["finite"]
+        delta = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), new_state.params, state.params)
+    jirl_losses = [logs["total"], logs["detection"], logs.get("attention", 0.0), logs["ddm"], logs["di"]]
+    np.testing.assert_allclose(np.array(jirl_losses, np.float64), fx[f"{localizer}/losses"], rtol=1e-10,
+                               atol=1e-12, err_msg=f"losses {info['losses']}")
+    grads = _to_official(grads, keys, flat_index, n)
+    deltas = _to_official(delta, keys, flat_index, n)
+    stats, samples = fx[f"{localizer}/grad_stats"], fx[f"{localizer}/grad_samples"]
+    scale = np.sqrt(np.nansum(stats[:, 1]))  # the global gradient norm: errors are relative to it
+    worst = {}
+    for i, key in enumerate(info["keys"]):
+        sample = fx[f"{localizer}/sample_index"][i]
+        sample = sample[sample >= 0]
+        g, d = grads[i], deltas[i]
+        assert g.size == np.prod(info["shapes"][i]) and not np.isnan(g).any(), key
+        if np.isnan(stats[i, 0]):  # no gradient in torch (frozen, or never called): zero in jirl
+            err = {"grad": np.abs(g).max()}
+        else:
+            err = {"grad": max(np.abs(g[sample] - samples[i, :len(sample)]).max(),
+                               abs(g.sum() - stats[i, 0]) / np.sqrt(g.size)) / scale,
+                   "grad_sumsq": abs((g * g).sum() - stats[i, 1]) / scale**2,
+                   "delta": np.abs(d[sample] - fx[f"{localizer}/delta_samples"][i, :len(sample)]).max(),
+                   "delta_max": abs(np.abs(d).max() - fx[f"{localizer}/delta_stats"][i, 1])}
+        if key.startswith("domain_encoder.conv"):  # the frozen VGG layers do not move at all
+            err["delta"] = np.abs(d).max()
+        for k, v in err.items():
+            worst.setdefault(k, []).append((float(v), key))
+    worst = {k: sorted(v, reverse=True)[:6] for k, v in worst.items()}
+    print(worst)
+    limits = {"grad": 1e-10, "grad_sumsq": 1e-10, "delta": 1e-12, "delta_max": 1e-12}
+    assert all(worst.get(k, [(0,)])[0][0] <= v for k, v in limits.items()), worst

@@ -83,7 +83,7 @@ def _conv_tapwise_bwd(stride, padding, dilation, residuals, g):
             start = (0, i * dilation, j * dilation, 0)
             limit = (n, start[1] + stride * (ho - 1) + 1, start[2] + stride * (wo - 1) + 1, cin)
             xs = jax.lax.slice(xp, start, limit, (1, stride, stride, 1)).reshape(-1, cin)
-            taps.append(jnp.dot(xs.T, g2, preferred_element_type=jnp.float32))
+            taps.append(jnp.dot(xs.T, g2, preferred_element_type=stat_dtype(g2.dtype)))
     return dx, jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
 
 

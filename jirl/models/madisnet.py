@@ -35,7 +35,7 @@ import ml_collections
 from jirl import losses
 from jirl.models import FROZEN_GROUP, ModelSpec, Pretrained, get_spec
 from jirl.models import ihdrnet as ihdr
-from jirl.models.layers import Dtype, PartialConv2d, max_pool
+from jirl.models.layers import Dtype, PartialConv2d, max_pool, stat_dtype
 
 Array = jax.Array
 
@@ -69,7 +69,7 @@ class DomainEncoder(nn.Module):
             x, m = max_pool(x, 2, 2, 0), max_pool(m, 2, 2, 0)
             z, _ = PartialConv2d(self.style_dim, 1, 0, use_bias=False, dtype=self.dtype,
                                  name=f"adaptor{stage + 1}")(x, m)
-            codes.append(jnp.mean(z.astype(jnp.float32), axis=(1, 2)))
+            codes.append(jnp.mean(z.astype(stat_dtype(self.dtype)), axis=(1, 2)))
         w = jax.nn.sigmoid(self.param("weight", nn.initializers.ones, (len(_STAGES),)))
         w = w / (jnp.sum(w) + 1e-8)
         return sum(w[k] * codes[k] for k in range(len(_STAGES)))
