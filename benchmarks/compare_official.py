@@ -65,11 +65,19 @@ from common import (
     thread_env,
 )
 from ml_collections import config_flags
+from official_madisnet import REQUIRED_FILES as MADISNET_FILES
+from official_madisnet import OfficialMadisNet, config_problems, official_message, without_download
 
 config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "jirl's experiment config file[:variant] (a "
-                                "DIRL config); override with --config.key=value.", lock_config=True)
+                                "DIRL or MadisNet config); override with --config.key=value.",
+                                lock_config=True)
 flags.DEFINE_string("official_dirl", None,
-                    "Path of your clone of bcmi/DIRL-Inharmonious-Region-Localization.")
+                    "Path of your clone of bcmi/DIRL-Inharmonious-Region-Localization (DIRL configs).")
+flags.DEFINE_string("official_madisnet", None, "Path of your clone of "
+                    "bcmi/MadisNet-Inharmonious-Region-Localization (configs/madisnet.py).")
+flags.DEFINE_bool("one_at_a_time", False, "Run the two sides one after the other (each warm-up and "
+                  "all its rounds, then the other) instead of alternating: only one child is alive "
+                  "at a time, for machines without the memory for both.")
 flags.DEFINE_integer("batch", None, "Batch size of both sides (default: the config's, 8).")
 flags.DEFINE_integer("size", None, "Square input size of both sides (default: the config's crop_size, 224).")
 flags.DEFINE_integer("rounds", 3, "Alternation rounds.")
@@ -129,26 +137,6 @@ def serve(side_cls) -> int:
     return 0
 
 
-def _resnet34_without_download():
-    """Patches torchvision.models.resnet34 to build with random weights (pretrained / weights ignored)."""
-    import inspect
-
-    import torchvision.models
-
-    original = torchvision.models.resnet34
-    if getattr(original, "_jirl_no_download", False):
-        return
-    takes_weights = "weights" in inspect.signature(original).parameters
-
-    def resnet34(*_pretrained, **kwargs):  # positional / keyword `pretrained` and `weights` dropped
-        kwargs.pop("pretrained", None)
-        kwargs.pop("weights", None)
-        return original(weights=None, **kwargs) if takes_weights else original(pretrained=False, **kwargs)
-
-    resnet34._jirl_no_download = True
-    torchvision.models.resnet34 = resnet34
-
-
 def _official_loss(repo: str, choice: str):
     """(fusion(preds, target) -> total, description): dirl_train's multi_bce_loss_fusion['total']."""
     import torch
@@ -178,26 +166,62 @@ def _official_loss(repo: str, choice: str):
     return fusion, description + (f" (dirl_train not importable: {error})" if error else "")
 
 
+def _official_info(torch, image, mask, params: int, loss: str, optimizer: str, amp: bool) -> dict:
+    """The official side's description: what it runs, on which inputs, with which threads."""
+    import torchvision
+
+    return {
+        "params": params, "loss": loss, "optimizer": optimizer,
+        "precision": "bfloat16 autocast (losses float32)" if amp else "float32",
+        # of the NCHW tensors the model gets, transposed back to NHWC
+        "input_digest": digest(*(t.permute(0, 2, 3, 1).numpy() for t in (image, mask))),
+        "versions": {"torch": torch.__version__,
+                     "torchvision": getattr(torchvision, "__version__", None)},
+        "threads": {"torch_num_threads": torch.get_num_threads(),
+                    "torch_num_interop_threads": torch.get_num_interop_threads(),
+                    "cpu_capability": _torch_cpu_capability(torch),
+                    "parallel_backend": _torch_parallel_backend(torch), "env": thread_env()},
+    }
+
+
 class OfficialSide:
-    """The official encoder / decoder, their Adam optimizers and the official loss on one batch."""
+    """The official model on one batch: DIRL (its encoder / decoder, two Adams, dirl_train.py's
+    loss) or MadisNet (`official_madisnet.OfficialMadisNet`)."""
 
     def __init__(self, msg: dict):
-        import argparse
-
         import torch
-        import torchvision
 
-        repo = os.path.abspath(FLAGS.official_dirl)
         if FLAGS.torch_threads:
             torch.set_num_threads(FLAGS.torch_threads)
-        _resnet34_without_download()
+        self.torch = torch
+        self.amp = msg["amp"]
+        batch = random_batch(msg["batch"], msg["size"], msg["seed_batch"])
+        self.image = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous()
+        self.mask = torch.from_numpy(batch["mask"]).permute(0, 3, 1, 2).contiguous()
+        if msg["model"] == "madisnet":
+            self.madisnet = OfficialMadisNet(os.path.abspath(FLAGS.official_madisnet), msg,
+                                             self.image, self.mask)
+            m = self.madisnet
+            self.info = _official_info(torch, self.image, self.mask, m.params, m.loss_text,
+                                       m.optimizer_text, self.amp)
+            return
+        self.madisnet = None
+        self._build_dirl(msg)
+
+    def _build_dirl(self, msg: dict) -> None:
+        import argparse
+
+        torch = self.torch
+        repo = os.path.abspath(FLAGS.official_dirl)
+        import torchvision.models
+
+        without_download(torchvision.models, "resnet34")
         sys.path.insert(0, repo)
         try:
             from model import InharmoniousDecoder, InharmoniousEncoder
         except ImportError as e:
             raise RuntimeError(f"importing the official model from {repo} failed ({e!r}); its "
                                "model/DIRL.py also needs scipy and opencv-python") from e
-        self.torch = torch
         torch.manual_seed(msg["seed"])
         # dirl_train.py's options for this setup (ArgsParser defaults, mda_mode as its train.sh sets)
         opt = argparse.Namespace(backbone="resnet34", ggd_ch=msg["ggd_ch"], mda_mode="mask", input_nc=3)
@@ -209,23 +233,9 @@ class OfficialSide:
         self.encoder_opt = torch.optim.Adam(self.encoder.parameters(), **adam)
         self.decoder_opt = torch.optim.Adam(self.decoder.parameters(), **adam)
         self.lambda_detection, self.lambda_attention = msg["lambda_detection"], msg["lambda_attention"]
-        self.amp = msg["amp"]
-        batch = random_batch(msg["batch"], msg["size"], msg["seed_batch"])
-        self.image = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous()
-        self.mask = torch.from_numpy(batch["mask"]).permute(0, 3, 1, 2).contiguous()
         params = sum(p.numel() for m in (self.encoder, self.decoder) for p in m.parameters())
-        self.info = {
-            "params": int(params), "loss": loss_source, "optimizer": f"2 x torch.optim.Adam({adam})",
-            "precision": "bfloat16 autocast (losses float32)" if self.amp else "float32",
-            # of the NCHW tensors the model gets, transposed back to NHWC
-            "input_digest": digest(*(t.permute(0, 2, 3, 1).numpy() for t in (self.image, self.mask))),
-            "versions": {"torch": torch.__version__,
-                         "torchvision": getattr(torchvision, "__version__", None)},
-            "threads": {"torch_num_threads": torch.get_num_threads(),
-                        "torch_num_interop_threads": torch.get_num_interop_threads(),
-                        "cpu_capability": _torch_cpu_capability(torch),
-                        "parallel_backend": _torch_parallel_backend(torch), "env": thread_env()},
-        }
+        self.info = _official_info(torch, self.image, self.mask, int(params), loss_source,
+                                   f"2 x torch.optim.Adam({adam})", self.amp)
 
     def _autocast(self):
         if self.amp:
@@ -233,7 +243,10 @@ class OfficialSide:
         return contextlib.nullcontext()
 
     def train(self, n: int) -> dict:
-        """n train steps of dirl_train.py (mda_mode 'mask'): seconds and the last step's losses."""
+        """n train steps of dirl_train.py (mda_mode 'mask') or MadisNet's train.py: seconds and
+        the last step's losses."""
+        if self.madisnet is not None:
+            return self.madisnet.train(n, self._autocast)
         self.encoder.train()
         self.decoder.train()
         t0 = time.perf_counter()
@@ -253,7 +266,9 @@ class OfficialSide:
         return {"seconds": time.perf_counter() - t0, "losses": losses}
 
     def infer(self, n: int) -> dict:
-        """n forwards in eval mode under no_grad (dirl_test.py): seconds."""
+        """n forwards in eval mode under no_grad (dirl_test.py / MadisNet's test.py): seconds."""
+        if self.madisnet is not None:
+            return self.madisnet.infer(n, self._autocast)
         self.encoder.eval()
         self.decoder.eval()
         t0 = time.perf_counter()
@@ -290,7 +305,7 @@ class JirlSide:
         self.bench = JirlBench(config, random_batch(msg["batch"], msg["size"], msg["seed_batch"]))
         self.info = {
             "params": self.bench.num_params, "precision": config.dtype,
-            "loss": f"jirl.models.dirl.objective (config.loss: {config.loss.to_dict()})",
+            "loss": f"jirl.models.{config.model.name}.objective (config.loss: {config.loss.to_dict()})",
             "optimizer": f"jirl.training.optim.make_optimizer({config.optimizer.to_dict()})",
             "input_digest": self.bench.input_digest(),
             "versions": {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__},
@@ -306,7 +321,8 @@ class JirlSide:
 
     def train(self, n: int) -> dict:
         seconds, logs = self.bench.train(n)
-        return {"seconds": seconds, "losses": {k: logs[k] for k in ("loss", "detection", "attention")}}
+        return {"seconds": seconds,
+                "losses": {k: logs[k] for k in ("loss", "detection", "attention", "ddm", "di") if k in logs}}
 
     def infer(self, n: int) -> dict:
         return {"seconds": self.bench.infer(n)}
@@ -359,16 +375,24 @@ class Child:
         self.stderr.close()
 
 
-def check_prerequisites(repo: str | None) -> None:
+# model name -> (flag of the official clone, its repository, files a clone has)
+OFFICIAL_REPOS = {
+    "dirl": ("official_dirl", "bcmi/DIRL-Inharmonious-Region-Localization",
+             ("model/__init__.py", "model/DIRL.py", "pytorch_ssim/__init__.py", "pytorch_iou/__init__.py")),
+    "madisnet": ("official_madisnet", "bcmi/MadisNet-Inharmonious-Region-Localization", MADISNET_FILES),
+}
+
+
+def check_prerequisites(model: str) -> None:
     """Exits with a clear message when the official repo, torch or torchvision is missing."""
+    flag, name, files = OFFICIAL_REPOS[model]
+    repo = FLAGS[flag].value
     if not repo:
-        sys.exit("compare_official: --official_dirl PATH is required (your clone of "
-                 "https://github.com/bcmi/DIRL-Inharmonious-Region-Localization).")
-    missing = [p for p in ("model/__init__.py", "model/DIRL.py", "pytorch_ssim/__init__.py",
-                           "pytorch_iou/__init__.py") if not os.path.isfile(os.path.join(repo, p))]
+        sys.exit(f"compare_official: --{flag} PATH is required for a {model} config (your clone of "
+                 f"https://github.com/{name}).")
+    missing = [p for p in files if not os.path.isfile(os.path.join(repo, p))]
     if missing:
-        sys.exit(f"compare_official: {repo!r} is not a clone of bcmi/DIRL-Inharmonious-Region-Localization "
-                 f"(missing: {', '.join(missing)}).")
+        sys.exit(f"compare_official: {repo!r} is not a clone of {name} (missing: {', '.join(missing)}).")
     for module, hint in (("torch", "pip install -e '.[torch]'"),
                          ("torchvision", "pip install the torchvision release that matches your torch")):
         if importlib.util.find_spec(module) is None:
@@ -376,11 +400,19 @@ def check_prerequisites(repo: str | None) -> None:
 
 
 def check_config(config) -> None:
-    """The jirl config must describe what the official side runs (DIRL, official loss, ResNet34)."""
+    """The jirl config must describe what the official side runs: DIRL (official loss, ResNet34)
+    or MadisNet (official G, iHDRNet, E_dom and loss)."""
     from configs import dirl as dirl_config
 
-    if config.model.name != "dirl":
-        raise app.UsageError(f"--config is a {config.model.name!r} config; the official code is DIRL")
+    if config.model.name not in OFFICIAL_REPOS:
+        raise app.UsageError(f"--config is a {config.model.name!r} config; the official code compared "
+                             f"is {' or '.join(OFFICIAL_REPOS)}")
+    if config.model.name == "madisnet":
+        problems = config_problems(config, model_config_mismatch)
+        if problems:
+            raise app.UsageError(f"{problems} differ from the official MadisNet (the official side "
+                                 "can follow only the localizer, its ggd_ch and domain_encoder)")
+        return
     differ = [k for k in model_config_mismatch(config.model, dirl_config.model_config())
               if k not in FREE_MODEL_KEYS]
     if differ:
@@ -398,58 +430,89 @@ def _rate(batch: int, replies: list[dict]) -> float | None:
     return batch * sum(r["n"] for r in replies) / sum(r["seconds"] for r in replies)
 
 
+def _official_message(config, common_msg: dict) -> dict:
+    """The official side's setup: the batch, the model, the Adam settings and the loss weights."""
+    opt = config.optimizer
+    msg = dict(common_msg, model=config.model.name, lr=float(opt.learning_rate), b1=float(opt.b1),
+               b2=float(opt.b2), eps=float(opt.eps), weight_decay=float(opt.weight_decay),
+               amp=FLAGS.official_amp)
+    if config.model.name == "madisnet":
+        return dict(msg, **official_message(config))
+    return dict(msg, ggd_ch=int(config.model.ggd_ch),
+                lambda_detection=float(config.loss.lambda_detection),
+                lambda_attention=float(config.loss.lambda_attention))
+
+
+def _warm_up(name: str, side: Child) -> dict:
+    """Compile (jirl), the first train step (its losses at random weights), `--warmup` more steps,
+    and the same for inference; outside the timings."""
+    w = {}
+    if name == "jirl":
+        w["compile_train_seconds"] = side.request("compile_train")["seconds"]
+    first = side.request("train", 1)
+    w["first_train_step_seconds"], w["first_losses"] = first["seconds"], first["losses"]
+    if FLAGS.warmup:
+        w["last_warmup_losses"] = side.request("train", FLAGS.warmup)["losses"]
+    if name == "jirl":
+        w["compile_inference_seconds"] = side.request("compile_infer")["seconds"]
+    w["first_inference_seconds"] = side.request("infer", 1)["seconds"]
+    if FLAGS.warmup:
+        side.request("infer", FLAGS.warmup)
+    w["peak_rss_gb_after_warmup"] = side.request("stats")["peak_rss_gb"]
+    return w
+
+
 def run_comparison(config) -> dict:
     batch = FLAGS.batch or int(config.batch_size)
     size = FLAGS.size or int(config.data.crop_size)
     common_msg = {"batch": batch, "size": size, "seed": int(config.seed), "seed_batch": FLAGS.seed}
-    opt = config.optimizer
-    official_msg = dict(common_msg, ggd_ch=int(config.model.ggd_ch), lr=float(opt.learning_rate),
-                        b1=float(opt.b1), b2=float(opt.b2), eps=float(opt.eps),
-                        weight_decay=float(opt.weight_decay), amp=FLAGS.official_amp,
-                        lambda_detection=float(config.loss.lambda_detection),
-                        lambda_attention=float(config.loss.lambda_attention))
-    sides, setup, warm = {}, {}, {}
+    flag = OFFICIAL_REPOS[config.model.name][0]
+    starts = {
+        "official": (["--" + flag + "=" + FLAGS[flag].value, f"--official_loss={FLAGS.official_loss}",
+                      f"--torch_threads={FLAGS.torch_threads}"], _official_message(config, common_msg)),
+        "jirl": (config_argv(FLAGS["config"]), common_msg),
+    }
+    sides, setup, warm, final = {}, {}, {}, {}
+    timed = {name: {"train": [], "infer": []} for name in starts}
+
+    def start(name: str) -> None:
+        args, msg = starts[name]
+        sides[name] = Child(name, args)
+        setup[name] = sides[name].request("setup", **msg)
+
+    def timed_round(names: list[str]) -> None:
+        for phase, n in (("train", FLAGS.steps), ("infer", FLAGS.infer_steps)):
+            for name in names:
+                time.sleep(FLAGS.settle_s)
+                reply = sides[name].request(phase, n)
+                timed[name][phase].append({"n": n, "seconds": reply["seconds"]})
+
     try:
-        # One after the other, so that neither's start-up competes with the other's.
-        sides["official"] = Child("official", [f"--official_dirl={FLAGS.official_dirl}",
-                                               f"--official_loss={FLAGS.official_loss}",
-                                               f"--torch_threads={FLAGS.torch_threads}"])
-        setup["official"] = sides["official"].request("setup", **official_msg)
-        sides["jirl"] = Child("jirl", config_argv(FLAGS["config"]))
-        setup["jirl"] = sides["jirl"].request("setup", **common_msg)
-
-        for name, side in sides.items():
-            w = warm[name] = {}
-            if name == "jirl":
-                w["compile_train_seconds"] = side.request("compile_train")["seconds"]
-            first = side.request("train", 1)
-            w["first_train_step_seconds"], w["first_losses"] = first["seconds"], first["losses"]
-            if FLAGS.warmup:
-                w["last_warmup_losses"] = side.request("train", FLAGS.warmup)["losses"]
-            if name == "jirl":
-                w["compile_inference_seconds"] = side.request("compile_infer")["seconds"]
-            w["first_inference_seconds"] = side.request("infer", 1)["seconds"]
-            if FLAGS.warmup:
-                side.request("infer", FLAGS.warmup)
-            w["peak_rss_gb_after_warmup"] = side.request("stats")["peak_rss_gb"]
-
-        timed = {name: {"train": [], "infer": []} for name in sides}
-        for r in range(FLAGS.rounds):
-            order = ["official", "jirl"] if r % 2 == 0 else ["jirl", "official"]
-            for phase, n in (("train", FLAGS.steps), ("infer", FLAGS.infer_steps)):
-                for name in order:
-                    time.sleep(FLAGS.settle_s)
-                    reply = sides[name].request(phase, n)
-                    timed[name][phase].append({"n": n, "seconds": reply["seconds"]})
-        final = {name: side.request("stats") for name, side in sides.items()}
+        if FLAGS.one_at_a_time:  # each side whole, then the other: one child alive at a time
+            for name in starts:
+                start(name)
+                warm[name] = _warm_up(name, sides[name])
+                for _ in range(FLAGS.rounds):
+                    timed_round([name])
+                final[name] = sides[name].request("stats")
+                sides.pop(name).close()
+        else:
+            for name in starts:  # one after the other, so that neither's start-up competes
+                start(name)
+            for name, side in sides.items():
+                warm[name] = _warm_up(name, side)
+            for r in range(FLAGS.rounds):  # the side that goes first alternates
+                timed_round(["official", "jirl"] if r % 2 == 0 else ["jirl", "official"])
+            final = {name: side.request("stats") for name, side in sides.items()}
     finally:
         for side in sides.values():
             side.close()
 
-    result = {"benchmark": "compare_official", "batch": batch, "size": size, "rounds": FLAGS.rounds,
+    result = {"benchmark": "compare_official", "model": config.model.name, "batch": batch, "size": size,
+              "one_at_a_time": FLAGS.one_at_a_time, "rounds": FLAGS.rounds,
               "train_steps_per_round": FLAGS.steps, "inference_batches_per_round": FLAGS.infer_steps,
               "warmup_steps": FLAGS.warmup, "settle_seconds": FLAGS.settle_s}
-    for name in sides:
+    for name in starts:
         result[name] = {
             "train_images_per_sec": _rate(batch, timed[name]["train"]),
             "inference_images_per_sec": _rate(batch, timed[name]["infer"]),
@@ -469,9 +532,9 @@ def main(argv):
         return serve(OfficialSide)
     if FLAGS.child == "jirl":
         return serve(JirlSide)
-    check_prerequisites(FLAGS.official_dirl)
     config = FLAGS.config
     check_config(config)
+    check_prerequisites(config.model.name)
     try:
         result = run_comparison(config)
     except ChildError as e:
