@@ -20,26 +20,33 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
+def make_loss_fn(spec: ModelSpec, config: ml_collections.ConfigDict) -> Callable:
+    """loss_fn(params, state, batch) -> (loss, (logs, new BN statistics)): the model in train
+    mode on the batch (with the spec's training-only inputs) and its objective."""
+
+    def loss_fn(params, state: TrainState, batch: dict):
+        extra = spec.train_inputs(batch) if spec.train_inputs is not None else {}
+        outputs, updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats}, batch["image"],
+            train=True, mutable=["batch_stats"], **extra,
+        )
+        loss, logs = spec.objective(outputs, batch, config.loss)
+        return loss, (logs, updates["batch_stats"])
+
+    return loss_fn
+
+
 def make_train_step(spec: ModelSpec, config: ml_collections.ConfigDict) -> Callable:
     """train_step(state, batch) -> (state, logs): one supervised step with BN batch statistics.
 
     A step whose loss or gradients are not finite leaves the state unchanged and reports
     `finite = False`; the loop then stops with a clear message, so no NaN reaches a checkpoint.
     """
+    loss_fn = make_loss_fn(spec, config)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        extra = spec.train_inputs(batch) if spec.train_inputs is not None else {}
-
-        def loss_fn(params):
-            outputs, updates = state.apply_fn(
-                {"params": params, "batch_stats": state.batch_stats}, batch["image"],
-                train=True, mutable=["batch_stats"], **extra,
-            )
-            loss, logs = spec.objective(outputs, batch, config.loss)
-            return loss, (logs, updates["batch_stats"])
-
         (loss, (logs, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params)
+            state.params, state, batch)
         finite = jnp.isfinite(loss) & _all_finite(grads)
         new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
         new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
