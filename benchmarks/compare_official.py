@@ -211,10 +211,10 @@ class OfficialSide:
     def _build_dirl(self, msg: dict) -> None:
         import argparse
 
-        torch = self.torch
-        repo = os.path.abspath(FLAGS.official_dirl)
         import torchvision.models
 
+        torch = self.torch
+        repo = os.path.abspath(FLAGS.official_dirl)
         without_download(torchvision.models, "resnet34")
         sys.path.insert(0, repo)
         try:

@@ -180,7 +180,7 @@ def config_problems(config, mismatch) -> list[str]:
         return [f"the official MadisNet has no {name!r} localizer (only dirl and unet)"]
     reference = madisnet_config.get_config("" if name == "dirl" else name)
     problems = [f"model.{k}" for k in mismatch(model, reference.model)
-                if k not in ("localizer", "ihdrnet", "backbone_weights", "vgg_weights")]
+                if k not in ("localizer", "ihdrnet", "domain_encoder", "backbone_weights", "vgg_weights")]
     problems += [f"model.localizer.{k}" for k in mismatch(model.localizer, reference.model.localizer)
                  if k not in ("ggd_ch", "backbone_weights")]
     problems += [f"model.ihdrnet.{k}" for k in mismatch(model.ihdrnet, reference.model.ihdrnet)

@@ -531,6 +531,30 @@ def test_one_float64_training_step_matches_the_official(localizer):
         for k, v in err.items():
             worst.setdefault(k, []).append((float(v), key))
     worst = {k: sorted(v, reverse=True)[:6] for k, v in worst.items()}
-    print(worst)
     limits = {"grad": 1e-10, "grad_sumsq": 1e-10, "delta": 1e-12, "delta_max": 1e-12}
     assert all(worst.get(k, [(0,)])[0][0] <= v for k, v in limits.items()), worst
+
+
+def test_the_speed_comparison_takes_only_what_the_official_madisnet_runs(monkeypatch):
+    """benchmarks/compare_official.py's MadisNet side follows the localizer, DIRL's ggd_ch and
+    E_dom on / off; any other difference from the official model is refused before it runs."""
+    from configs import madisnet as madisnet_config
+
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+    from common import model_config_mismatch
+    from official_madisnet import config_problems, official_message
+
+    def problems(variant: str, **overrides) -> list[str]:
+        c = madisnet_config.get_config(variant)
+        c.update_from_flattened_dict(overrides)
+        return config_problems(c, model_config_mismatch)
+
+    assert problems("") == problems("unet") == problems("noddm") == []
+    assert problems("", **{"model.localizer.ggd_ch": 8, "model.ihdrnet.slice_method": "onehot"}) == []
+    assert official_message(madisnet_config.get_config("noddm")) == {
+        "localizer": "dirl", "ggd_ch": 32, "domain_encoder": False, "loss_weights": [1.0, 0.0, 1.0],
+        "lambda_ddm": 1e-3, "lambda_di": 1e-3, "ddm_margin": 1e-3}
+    assert "model.vgg_features" in problems("quick") and "model.localizer.stem_features" in problems("quick")
+    assert problems("", **{"model.ihdrnet.theta": 0.5}) == ["model.ihdrnet.theta"]
+    assert problems("", **{"loss.mode": "bce_ssim_iou"}) == ["loss.mode"]
+    assert "no 'rsrnet' localizer" in problems("rsrnet")[0]
