@@ -60,6 +60,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.weight_decay = 1e-4
     c.optimizer.decay_epochs = (30, 40, 50, 55)
     c.optimizer.decay_factor = 0.5
+    # "multistep": x decay_factor at each of decay_epochs; "linear" (pix2pix / RainNet): constant
+    # for constant_epochs, then linearly towards 0 over linear_decay_epochs (per epoch).
+    c.optimizer.schedule = "multistep"
+    c.optimizer.constant_epochs = 100
+    c.optimizer.linear_decay_epochs = 100
 
     # Which publication's recipe this config is ("official" code, "paper"), "quick" for the CPU
     # demos, "" for anything else. train.py warns when an official/paper recipe runs without the

@@ -16,12 +16,16 @@ _LEAVES = {
     "running_mean": ("batch_stats", "mean"),
     "running_var": ("batch_stats", "var"),
     "gamma": ("params", "gamma"),  # a learned scalar gate (iHDRNet's SelfAttention)
+    "weight_u": ("batch_stats", "sn_u"),  # torch.nn.utils.spectral_norm's power-iteration buffers
+    "weight_v": ("batch_stats", "sn_v"),
+    **{f"{region}_{p}": ("params", f"{region}_{p}")  # RainNet's RAIN
+       for region in ("foreground", "background") for p in ("gamma", "beta")},
 }
 IGNORED_LEAVES = ("num_batches_tracked",)  # BN step counters: no Flax counterpart
 
 
 def _convert_leaf(leaf: str, value: np.ndarray) -> tuple[str, str, np.ndarray]:
-    if leaf == "weight":
+    if leaf in ("weight", "weight_orig"):  # weight_orig: the weight under a spectral norm
         if value.ndim == 4:  # Conv2d OIHW -> HWIO
             return "params", "kernel", np.transpose(value, (2, 3, 1, 0))
         if value.ndim == 3:  # Conv1d(1, 1, k) -> [k]

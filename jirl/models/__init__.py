@@ -35,6 +35,23 @@ FROZEN_GROUP = "frozen"  # the optimizer group that gets no update and no state 
 
 
 @dataclasses.dataclass(frozen=True)
+class TrainPhase:
+    """One optimizer update of a train step, for models trained in alternating steps (a GAN's
+    discriminator then generator step on the same batch).
+
+    loss(apply_fn, params, batch_stats, batch, rng, loss_cfg) -> (loss, (logs, batch_stats)) is
+    differentiated with respect to all params, and only the parameters of `groups`
+    (`ModelSpec.param_groups`) are updated, with their optimizers' states; the others' states
+    stay as they were. Each phase sees the params and statistics the previous one left, and
+    every phase of a step gets the same `rng`.
+    """
+
+    name: str
+    loss: Callable[..., Any]
+    groups: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """What the training and evaluation code needs to know about one paper system.
 
@@ -57,11 +74,18 @@ class ModelSpec:
         beside the masks without scoring them (MadisNet's mapped image I'); None: none.
     for_config(model_cfg) -> the ModelSpec of this configuration, for systems whose objective,
         masks or pretrained parts depend on it (MadisNet's, on its localizer); None: this one.
+    train_phases: the optimizer updates of one train step, in order (`TrainPhase`); () is one
+        supervised update of all parameters by `objective`.
+    task: "localization" (predicts masks, scored by AP / F1 / IoU) or "harmonization" (takes the
+        mask as an input, `model_inputs`, and re-renders the image: scored by MSE / PSNR / fMSE
+        of `eval_images(outputs)["harmonized"]` against the real image).
+    model_inputs(batch) -> keyword arguments of every call of the model beyond the image (a
+        harmonizer's mask); None when there are none.
     """
 
     name: str
     build: Callable[..., Any]
-    objective: Callable[..., Any]
+    objective: Callable[..., Any] | None
     eval_masks: Callable[..., Any]
     pretrained: tuple[Pretrained, ...] = ()
     primary_mask: str = "mask"
@@ -71,6 +95,9 @@ class ModelSpec:
     param_labels: Callable[..., Any] | None = None
     eval_images: Callable[..., dict] | None = None
     for_config: Callable[..., ModelSpec] | None = None
+    train_phases: tuple[TrainPhase, ...] = ()
+    task: str = "localization"
+    model_inputs: Callable[..., dict] | None = None
 
 
 def available_models() -> list[str]:

@@ -42,6 +42,55 @@ def _torch_uniform(bound: float) -> Callable:
     return init
 
 
+def _initializers(fan_in: int, init_std: float | None) -> tuple[Callable, Callable]:
+    """(kernel, bias) initializers: PyTorch's default uniform(+-1/sqrt(fan_in)) for both, or the
+    pix2pix-family `init_weights('normal', init_std)`: N(0, init_std) kernel, zero bias."""
+    if init_std is None:
+        bound = 1.0 / math.sqrt(fan_in)
+        return _torch_uniform(bound), _torch_uniform(bound)
+    return nn.initializers.normal(init_std), nn.initializers.zeros
+
+
+def _l2_normalize(x: Array, eps: float) -> Array:
+    """`F.normalize(x, dim=0, eps)`: x / max(||x||, eps)."""
+    return x / jnp.maximum(jnp.linalg.norm(x), eps)
+
+
+def spectral_normalize(module: nn.Module, kernel: Array, update_stats: bool,
+                       eps: float = 1e-12) -> Array:
+    """kernel / sigma, `torch.nn.utils.spectral_norm` with one power iteration (Miyato et al., 2018).
+
+    Torch's weight matrix is the kernel as [out, in * kh * kw]; its buffers `weight_u` [out] and
+    `weight_v` [in * kh * kw] are the variables "sn_u" / "sn_v" of `module`'s "batch_stats"
+    collection. With `update_stats` (torch's training mode) each call runs one power iteration
+    from the stored u (v = W^T u / |.|, u = W v / |.|), stores both, and uses them; without it
+    (eval mode) the stored u and v are used as they are. sigma = u . W v, differentiated through
+    W only. `flax.linen.SpectralNorm` differs on the second point (it iterates in eval mode too
+    and stores no v), so official eval-mode outputs and imported buffers need this version.
+    """
+    out = kernel.shape[-1]
+    w = kernel.transpose(3, 2, 0, 1).reshape(out, -1) if kernel.ndim == 4 else kernel.T
+    dtype = stat_dtype(w.dtype)
+
+    def unit(key, n):
+        return _l2_normalize(jax.random.normal(key, (n,), dtype), eps)
+
+    init = module.is_initializing()
+    u_var = module.variable("batch_stats", "sn_u", unit,
+                            module.make_rng("params") if init else None, out)
+    v_var = module.variable("batch_stats", "sn_v", unit,
+                            module.make_rng("params") if init else None, w.shape[1])
+    u, v = u_var.value, v_var.value
+    if update_stats:
+        w_const = jax.lax.stop_gradient(w).astype(dtype)
+        v = _l2_normalize(w_const.T @ u, eps)
+        u = _l2_normalize(w_const @ v, eps)
+        if not init:
+            u_var.value, v_var.value = u, v
+    sigma = jnp.dot(u, w.astype(dtype) @ v)
+    return (kernel / sigma.astype(kernel.dtype)).astype(kernel.dtype)
+
+
 def _conv(x: Array, kernel: Array, stride: int, padding: int, dilation: int) -> Array:
     return jax.lax.conv_general_dilated(
         x, kernel, window_strides=(stride, stride), padding=((padding, padding),) * 2,
@@ -160,12 +209,16 @@ class Conv2d(nn.Module):
     dtype: Dtype = jnp.float32
     upsample_input: bool = False  # convolve upsample_nearest2x(x) (3x3, stride 1, padding 1 only)
     central_difference: float = 0.0  # theta of a central-difference conv (see below)
+    init_std: float | None = None  # None: PyTorch's default init; else N(0, init_std), zero bias
+    spectral_norm: bool = False  # `torch.nn.utils.spectral_norm` (see `spectral_normalize`)
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, update_stats: bool = False) -> Array:
         k, cin = self.kernel_size, x.shape[-1]
-        bound = 1.0 / math.sqrt(cin * k * k)
-        kernel = self.param("kernel", _torch_uniform(bound), (k, k, cin, self.features))
+        kernel_init, bias_init = _initializers(cin * k * k, self.init_std)
+        kernel = self.param("kernel", kernel_init, (k, k, cin, self.features))
+        if self.spectral_norm:
+            kernel = spectral_normalize(self, kernel, update_stats)
         if self.central_difference:
             kernel = central_difference_kernel(kernel, self.central_difference, self.padding)
         if self.upsample_input:
@@ -176,19 +229,21 @@ class Conv2d(nn.Module):
             y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.padding,
                        self.dilation)
         if self.use_bias:
-            bias = self.param("bias", _torch_uniform(bound), (self.features,))
+            bias = self.param("bias", bias_init, (self.features,))
             y = add_bias(y, bias)
         return y
 
 
 class PartialConv2d(nn.Module):
     """Partial convolution (Liu et al., ECCV 2018; NVIDIA's `PartialConv2d`, single-channel mask,
-    `return_mask=True`, as MadisNet's `blocks.PartialConv2d` runs it): (x, mask) -> (y, mask').
+    `return_mask=True`, as MadisNet's `blocks.PartialConv2d` and RainNet's discriminator run it):
+    (x, mask) -> (y, mask').
 
     y = (conv(x * mask) * r + bias) * mask' with r = k^2 / (window sum of mask + 1e-8) * mask',
-    mask' = clip(window sum of mask, 0, 1); without a bias, y = conv(x * mask) * r. `frozen`
-    stops the gradient to the kernel and bias (MadisNet's fixed VGG16 layers): nothing is
-    computed for them in the backward pass.
+    mask' = clip(window sum of mask, 0, 1); without a bias, y = conv(x * mask) * r. A mask of
+    None is torch's `mask_in=None`: x is not masked and the mask is all ones. `frozen` stops the
+    gradient to the kernel and bias (MadisNet's fixed VGG16 layers): nothing is computed for them
+    in the backward pass. `spectral_norm` wraps the kernel as `spectral_normalize` describes.
     """
 
     features: int
@@ -196,21 +251,31 @@ class PartialConv2d(nn.Module):
     padding: int = 1
     use_bias: bool = True
     frozen: bool = False
+    stride: int = 1
+    init_std: float | None = None  # None: PyTorch's default init; else N(0, init_std), zero bias
+    spectral_norm: bool = False
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array) -> tuple[Array, Array]:
+    def __call__(self, x: Array, mask: Array | None,
+                 update_stats: bool = False) -> tuple[Array, Array]:
         k, cin = self.kernel_size, x.shape[-1]
-        bound = 1.0 / math.sqrt(cin * k * k)
-        kernel = self.param("kernel", _torch_uniform(bound), (k, k, cin, self.features))
-        bias = self.param("bias", _torch_uniform(bound), (self.features,)) if self.use_bias else None
+        kernel_init, bias_init = _initializers(cin * k * k, self.init_std)
+        kernel = self.param("kernel", kernel_init, (k, k, cin, self.features))
+        bias = self.param("bias", bias_init, (self.features,)) if self.use_bias else None
         if self.frozen:
             kernel, bias = jax.lax.stop_gradient((kernel, bias))
+        if self.spectral_norm:
+            kernel = spectral_normalize(self, kernel, update_stats)
+        if mask is None:
+            mask = jnp.ones((1, *x.shape[1:3], 1), stat_dtype(self.dtype))
+        else:
+            x = x * mask.astype(x.dtype)
         mask = mask.astype(stat_dtype(self.dtype))
-        window = _conv(mask, jnp.ones((k, k, 1, 1), mask.dtype), 1, self.padding, 1)
+        window = _conv(mask, jnp.ones((k, k, 1, 1), mask.dtype), self.stride, self.padding, 1)
         update = jnp.clip(window, 0, 1)
         ratio = (k * k) / (window + 1e-8) * update
-        y = conv2d((x * mask).astype(self.dtype), kernel.astype(self.dtype), 1, self.padding)
+        y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.padding)
         y = y * ratio.astype(self.dtype)
         if bias is not None:
             y = (y + bias.astype(self.dtype)) * update.astype(self.dtype)
@@ -373,3 +438,64 @@ def resize_bilinear(x: Array, size: Sequence[int], align_corners: bool) -> Array
 def upsample_bilinear2x(x: Array) -> Array:
     """`nn.Upsample(scale_factor=2, mode='bilinear', align_corners=True)`."""
     return resize_bilinear(x, (2 * x.shape[1], 2 * x.shape[2]), align_corners=True)
+
+
+def resize_nearest(x: Array, size: Sequence[int]) -> Array:
+    """`F.interpolate(x, size, mode='nearest')` on NHWC input: source index floor(i * in / out)."""
+    rows = np.minimum(np.floor(np.arange(size[0]) * (x.shape[1] / size[0])).astype(int),
+                      x.shape[1] - 1)
+    cols = np.minimum(np.floor(np.arange(size[1]) * (x.shape[2] / size[1])).astype(int),
+                      x.shape[2] - 1)
+    return x[:, rows][:, :, cols]
+
+
+def instance_norm(x: Array, eps: float = 1e-5) -> Array:
+    """`nn.InstanceNorm2d(affine=False)`: per sample and channel over H, W, biased variance;
+    statistics in at least float32."""
+    xs = x.astype(stat_dtype(x.dtype))
+    mean = jnp.mean(xs, axis=(1, 2), keepdims=True)
+    var = jnp.mean(jnp.square(xs - mean), axis=(1, 2), keepdims=True)
+    return ((xs - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+
+
+# `ConvTranspose2d(k=4, s=2, p=1)`: output row 2i + a reads input rows i - 1, i, i + 1 through the
+# kernel rows (k3, k1, -) for a = 0 and (-, k2, k0) for a = 1.
+_TRANSPOSE_PHASE_TAPS = np.zeros((2, 3, 4), np.float32)  # [a, tap, k]
+_TRANSPOSE_PHASE_TAPS[0, 0, 3] = _TRANSPOSE_PHASE_TAPS[0, 1, 1] = 1
+_TRANSPOSE_PHASE_TAPS[1, 1, 2] = _TRANSPOSE_PHASE_TAPS[1, 2, 0] = 1
+
+
+def conv_transpose4x4_stride2(x: Array, kernel: Array) -> Array:
+    """`F.conv_transpose2d(x, w, stride=2, padding=1)` for a 4x4 kernel, kernel[ky, kx, i, o] =
+    w[i, o, ky, kx]: the four output phases as one 3x3 conv with 4x the output channels, then a
+    depth-to-space (no zero-dilated input: 36 instead of 64 multiply-adds per useful 16)."""
+    b, h, w, cin = x.shape
+    cout = kernel.shape[-1]
+    taps = jnp.asarray(_TRANSPOSE_PHASE_TAPS, kernel.dtype)
+    phased = jnp.einsum("ayk,bxl,klio->yxioab", taps, taps, kernel).reshape(3, 3, cin, cout * 4)
+    y = conv2d(x, phased, 1, 1)  # channel = (o, a, b)
+    y = y.reshape(b, h, w, cout, 2, 2).transpose(0, 1, 4, 2, 5, 3)  # [B, H, a, W, b, cout]
+    return y.reshape(b, 2 * h, 2 * w, cout)
+
+
+class ConvTranspose2d(nn.Module):
+    """`torch.nn.ConvTranspose2d(cin, features, kernel_size=4, stride=2, padding=1)`: doubles H, W.
+
+    The kernel is stored [ky, kx, in, out] (torch's weight [in, out, ky, kx] transposed), the
+    initialization is PyTorch's default (fan-in = out * 16, as torch computes it for a transposed
+    weight) or N(0, init_std) with a zero bias.
+    """
+
+    features: int
+    use_bias: bool = True
+    init_std: float | None = None
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel_init, bias_init = _initializers(self.features * 16, self.init_std)
+        kernel = self.param("kernel", kernel_init, (4, 4, x.shape[-1], self.features))
+        y = conv_transpose4x4_stride2(x.astype(self.dtype), kernel.astype(self.dtype))
+        if self.use_bias:
+            y = add_bias(y, self.param("bias", bias_init, (self.features,)))
+        return y

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -11,7 +12,19 @@ from jirl.models import FROZEN_GROUP as FROZEN
 
 
 def lr_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
-    """`torch.optim.lr_scheduler.MultiStepLR` stepped once per epoch, expressed in train steps."""
+    """The learning rate per train step, stepped once per epoch as the official schedulers are:
+    `MultiStepLR` (`cfg.schedule == "multistep"`) or the pix2pix-family "linear" `LambdaLR`,
+    1 - max(0, epoch + 1 - constant_epochs) / (linear_decay_epochs + 1) for epoch 0, 1, ..."""
+    schedule = cfg.get("schedule", "multistep")
+    if schedule == "linear":
+        def linear(step):
+            epoch = step // steps_per_epoch
+            decayed = jnp.maximum(0, epoch + 1 - cfg.constant_epochs)
+            return cfg.learning_rate * (1.0 - decayed / (cfg.linear_decay_epochs + 1.0))
+
+        return linear
+    if schedule != "multistep":
+        raise ValueError(f"config.optimizer.schedule={schedule!r}; use 'multistep' or 'linear'")
     boundaries: dict[int, float] = {}
     for epoch in cfg.decay_epochs:
         step = int(epoch) * steps_per_epoch

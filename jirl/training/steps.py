@@ -36,12 +36,60 @@ def make_loss_fn(spec: ModelSpec, config: ml_collections.ConfigDict) -> Callable
     return loss_fn
 
 
-def make_train_step(spec: ModelSpec, config: ml_collections.ConfigDict) -> Callable:
-    """train_step(state, batch) -> (state, logs): one supervised step with BN batch statistics.
+def apply_group_gradients(state: TrainState, grads, batch_stats, groups: tuple[str, ...],
+                          labels) -> TrainState:
+    """`state` with only the parameters of the optimizer groups `groups` updated from `grads`
+    (an `optax.multi_transform` over `labels`, the spec's param_labels tree): the other groups'
+    parameters and optimizer states are kept as they were (not stepped with zero gradients, which
+    would still move Adam's moments and counts). The step counter is not advanced."""
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    inner = {label: (opt_state.inner_states[label] if label in groups
+                     else state.opt_state.inner_states[label])
+             for label in state.opt_state.inner_states}
+    params = jax.tree.map(lambda p, u, label: p + u if label in groups else p,
+                          state.params, updates, labels)
+    return state.replace(params=params, batch_stats=batch_stats,
+                         opt_state=opt_state._replace(inner_states=inner))
 
-    A step whose loss or gradients are not finite leaves the state unchanged and reports
-    `finite = False`; the loop then stops with a clear message, so no NaN reaches a checkpoint.
+
+def _phase_train_step(spec: ModelSpec, config: ml_collections.ConfigDict) -> Callable:
+    """The train step of a model with `spec.train_phases` (see `make_train_step`)."""
+    base_key = jax.random.PRNGKey(config.seed)
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        rng = jax.random.fold_in(base_key, state.step)
+        labels = spec.param_labels(state.params)
+        new, logs, finite = state, {}, jnp.bool_(True)
+        for phase in spec.train_phases:
+            def loss_fn(params, new=new, phase=phase):
+                return phase.loss(state.apply_fn, params, new.batch_stats, batch, rng,
+                                  config.loss)
+
+            (loss, (phase_logs, batch_stats)), grads = jax.value_and_grad(
+                loss_fn, has_aux=True)(new.params)
+            finite &= jnp.isfinite(loss) & _all_finite(grads)
+            new = apply_group_gradients(new, grads, batch_stats, phase.groups, labels)
+            logs.update(phase_logs, loss=loss)
+            logs[f"grad_norm_{phase.name}"] = optax.tree.norm(grads)
+        new = new.replace(step=state.step + 1)
+        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+        return new, dict(logs, finite=finite)
+
+    return train_step
+
+
+def make_train_step(spec: ModelSpec, config: ml_collections.ConfigDict) -> Callable:
+    """train_step(state, batch) -> (state, logs): one supervised step with BN batch statistics,
+    or, for a model with `train_phases` (RainNet: discriminator then generator), one update per
+    phase in order, each of its own optimizer groups; the dropout/noise key is derived from
+    `config.seed` and the step, so a resumed run draws what the uninterrupted one would.
+
+    A step whose loss or gradients are not finite (in any phase) leaves the state unchanged and
+    reports `finite = False`; the loop then stops with a clear message, so no NaN reaches a
+    checkpoint.
     """
+    if spec.train_phases:
+        return _phase_train_step(spec, config)
     loss_fn = make_loss_fn(spec, config)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
