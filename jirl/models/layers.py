@@ -153,9 +153,16 @@ def conv3x3_of_upsample_nearest2x(x: Array, kernel: Array) -> Array:
     Exact up to float summation order. The 4x-larger upsampled activation is never built nor kept
     for the backward pass; on CPU the train step of this op is 1.2-2.3x faster.
     """
+    return _phased_conv(x, kernel, _PHASE_TAPS)
+
+
+def _phased_conv(x: Array, kernel: Array, phase_taps: np.ndarray) -> Array:
+    """An op whose output pixel (2i + a, 2j + b) is a 3x3 conv of x around (i, j) with the
+    kernel taps `phase_taps[a]` x `phase_taps[b]` ([2, 3, k] weights over the k kernel rows):
+    all four phases as one conv with 4x the output channels, then a depth-to-space."""
     b, h, w, cin = x.shape
     cout = kernel.shape[-1]
-    taps = jnp.asarray(_PHASE_TAPS, kernel.dtype)
+    taps = jnp.asarray(phase_taps, kernel.dtype)
     phased = jnp.einsum("ayk,bxl,klio->yxioab", taps, taps, kernel).reshape(3, 3, cin, cout * 4)
     y = conv2d(x, phased, 1, 1)  # channel = (o, a, b)
     y = y.reshape(b, h, w, cout, 2, 2).transpose(0, 1, 4, 2, 5, 3)  # [B, H, a, W, b, cout]
@@ -469,13 +476,7 @@ def conv_transpose4x4_stride2(x: Array, kernel: Array) -> Array:
     """`F.conv_transpose2d(x, w, stride=2, padding=1)` for a 4x4 kernel, kernel[ky, kx, i, o] =
     w[i, o, ky, kx]: the four output phases as one 3x3 conv with 4x the output channels, then a
     depth-to-space (no zero-dilated input: 36 instead of 64 multiply-adds per useful 16)."""
-    b, h, w, cin = x.shape
-    cout = kernel.shape[-1]
-    taps = jnp.asarray(_TRANSPOSE_PHASE_TAPS, kernel.dtype)
-    phased = jnp.einsum("ayk,bxl,klio->yxioab", taps, taps, kernel).reshape(3, 3, cin, cout * 4)
-    y = conv2d(x, phased, 1, 1)  # channel = (o, a, b)
-    y = y.reshape(b, h, w, cout, 2, 2).transpose(0, 1, 4, 2, 5, 3)  # [B, H, a, W, b, cout]
-    return y.reshape(b, 2 * h, 2 * w, cout)
+    return _phased_conv(x, kernel, _TRANSPOSE_PHASE_TAPS)
 
 
 class ConvTranspose2d(nn.Module):
