@@ -37,8 +37,6 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.linear_decay_epochs = 100
     c.batch_size = 11
     c.num_epochs = 200
-    c.eval_every_steps = -1
-    c.eval.batch_size = 8
 
     if variant in ("in", "quick_in"):
         c.model.norm = "in"

@@ -248,20 +248,8 @@ def test_one_float64_training_step_matches_the_official():
         rng = jax.random.fold_in(jax.random.PRNGKey(c.seed), 0)
         np.testing.assert_array_equal(
             np.asarray(rn.gp_alpha(jax.random.fold_in(rng, 1), 2, jnp.float64)), fx["alpha"])
-        labels = spec.param_labels(state.params)
-
-        @jax.jit
-        def phases(state, batch):
-            grads, logs = [], {}
-            for phase in spec.train_phases:
-                (_, (phase_logs, stats)), g = jax.value_and_grad(phase.loss, argnums=1, has_aux=True)(
-                    state.apply_fn, state.params, state.batch_stats, batch, rng, c.loss)
-                state = steps.apply_group_gradients(state, g, stats, phase.groups, labels)
-                grads.append(g)
-                logs.update(phase_logs)
-            return grads, state, logs
-
-        (grad_d, grad_g), after, logs = phases(state, batch)
+        run = jax.jit(steps.make_phase_runner(spec, c))
+        after, logs, (grad_d, grad_g), _ = run(state, batch)
         # each network's gradient comes from its own phase
         grads = {"g": grad_g["g"], "d": grad_d["d"]}
         delta = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), after.params, state.params)
@@ -303,3 +291,64 @@ def test_one_float64_training_step_matches_the_official():
 
 def _flat_buffers(tree: dict) -> dict:
     return {f"{m}/{k}": v for m, leaves in tree.items() for k, v in leaves.items()}
+
+
+# ---------------------------------------------------------------- the two-phase train step
+
+
+def _tiny_config() -> ml_collections.ConfigDict:
+    from configs import rainnet as rc
+
+    c = rc.get_config("quick")
+    c.model.update(ngf=4, blocks=1, ndf=4, d_strided=2)
+    c.data.crop_size = 32
+    return c
+
+
+def _adam_counts(opt_state) -> dict:
+    """{group: the Adam step count of its optimizer}."""
+    return {label: int(next(leaf for path, leaf in jax.tree_util.tree_leaves_with_path(inner)
+                            if "count" in jax.tree_util.keystr(path)))
+            for label, inner in opt_state.inner_states.items()}
+
+
+def test_the_train_step_updates_each_network_once_with_its_own_adam_and_rolls_back_nan():
+    """One jitted step: D's and G's parameters both move, each Adam counts one step (the D phase
+    does not step G's Adam with zero gradients, nor the reverse), the spectral-norm buffers move,
+    the step counter advances once; a NaN batch leaves the whole state as it was."""
+    from jirl.models import build_model, init_model_variables
+    from jirl.training import steps
+    from jirl.training.optim import make_optimizer
+    from jirl.training.state import create_train_state
+
+    c = _tiny_config()
+    spec, model = build_model(c)
+    state = create_train_state(model, make_optimizer(c.optimizer, 10, spec),
+                               init_model_variables(c, model))
+    image, mask = forward_inputs(2, "tiny", 32)
+    batch = {"image": jnp.asarray(image), "real": jnp.asarray(image * 0.9), "mask": jnp.asarray(mask)}
+    step = jax.jit(steps.make_train_step(spec, c))
+    new, logs = step(state, batch)
+    assert bool(logs["finite"]) and int(new.step) == 1
+    assert _adam_counts(new.opt_state) == {"g": 1, "d": 1}
+    for part in ("g", "d"):
+        moved = jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.any(a != b)),
+                                             new.params[part], state.params[part]))
+        # (biases that feed an instance norm have zero gradient and may stay where they are)
+        assert sum(moved) > len(moved) // 2, part
+    assert not np.allclose(new.batch_stats["d"]["conv1f"]["sn_u"],
+                           state.batch_stats["d"]["conv1f"]["sn_u"])
+    for key in ("loss_D", "D_gp", "loss_G", "G_L1", "grad_norm_d", "grad_norm_g"):
+        assert np.isfinite(float(logs[key])), key
+    bad, bad_logs = step(new, dict(batch, real=batch["real"].at[0, 0, 0, 0].set(jnp.nan)))
+    assert not bool(bad_logs["finite"])
+    chex.assert_trees_all_equal(bad, new)
+
+
+def test_training_or_evaluating_a_harmonizer_fails_early_with_a_clear_message():
+    from jirl.models import resolve_spec
+    from jirl.training.steps import make_eval_step
+
+    c = _tiny_config()
+    with pytest.raises(NotImplementedError, match="rainnet is a harmonization model.*MSE / PSNR"):
+        make_eval_step(resolve_spec(c.model), c, None)

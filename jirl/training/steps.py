@@ -52,25 +52,37 @@ def apply_group_gradients(state: TrainState, grads, batch_stats, groups: tuple[s
                          opt_state=opt_state._replace(inner_states=inner))
 
 
-def _phase_train_step(spec: ModelSpec, config: ml_collections.ConfigDict) -> Callable:
-    """The train step of a model with `spec.train_phases` (see `make_train_step`)."""
+def make_phase_runner(spec: ModelSpec, config: ml_collections.ConfigDict) -> Callable:
+    """run(state, batch) -> (state, logs, grads, finite): the `spec.train_phases` of one train
+    step in order, each differentiated at the state the previous one left and applied to its own
+    groups (`apply_group_gradients`); `grads` holds each phase's gradient. The step counter is
+    not advanced and nothing is rolled back: `make_train_step` does both."""
     base_key = jax.random.PRNGKey(config.seed)
 
-    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    def run(state: TrainState, batch: dict):
         rng = jax.random.fold_in(base_key, state.step)
         labels = spec.param_labels(state.params)
-        new, logs, finite = state, {}, jnp.bool_(True)
+        logs, grads, finite = {}, [], jnp.bool_(True)
         for phase in spec.train_phases:
-            def loss_fn(params, new=new, phase=phase):
-                return phase.loss(state.apply_fn, params, new.batch_stats, batch, rng,
-                                  config.loss)
-
-            (loss, (phase_logs, batch_stats)), grads = jax.value_and_grad(
-                loss_fn, has_aux=True)(new.params)
-            finite &= jnp.isfinite(loss) & _all_finite(grads)
-            new = apply_group_gradients(new, grads, batch_stats, phase.groups, labels)
+            (loss, (phase_logs, batch_stats)), g = jax.value_and_grad(
+                phase.loss, argnums=1, has_aux=True)(
+                state.apply_fn, state.params, state.batch_stats, batch, rng, config.loss)
+            finite &= jnp.isfinite(loss) & _all_finite(g)
+            state = apply_group_gradients(state, g, batch_stats, phase.groups, labels)
             logs.update(phase_logs, loss=loss)
-            logs[f"grad_norm_{phase.name}"] = optax.tree.norm(grads)
+            logs[f"grad_norm_{phase.name}"] = optax.tree.norm(g)
+            grads.append(g)
+        return state, logs, grads, finite
+
+    return run
+
+
+def _phase_train_step(spec: ModelSpec, config: ml_collections.ConfigDict) -> Callable:
+    """The train step of a model with `spec.train_phases` (see `make_train_step`)."""
+    run = make_phase_runner(spec, config)
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        new, logs, _, finite = run(state, batch)
         new = new.replace(step=state.step + 1)
         new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
         return new, dict(logs, finite=finite)
@@ -135,6 +147,11 @@ def make_eval_step(spec: ModelSpec, config: ml_collections.ConfigDict,
     The second dict also holds the model's unscored pictures (`ModelSpec.eval_images`).
     """
 
+    if spec.task != "localization":
+        raise NotImplementedError(
+            f"{spec.name} is a {spec.task} model: train.py and eval.py score localization (AP, "
+            f"F1, IoU of predicted masks) only so far; its MSE / PSNR / fMSE evaluation is not "
+            f"built yet (issue 14)")
     per_iteration = bool(config.eval.get("per_iteration", False))
     if per_iteration and spec.step_masks is None:
         raise ValueError(f"config.eval.per_iteration: {spec.name} has no per-iteration masks "
