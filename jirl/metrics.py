@@ -1,4 +1,6 @@
-"""Evaluation metrics of the official DIRL protocol (evaluation/metrics.py, dirl_test.py).
+"""Evaluation metrics: localization (official DIRL protocol) and harmonization (RainNet's).
+
+Localization, as DIRL's evaluation/metrics.py and dirl_test.py compute it:
 
 Per image: the prediction (and, as dirl_test.py does, the label) is min-max normalized by
 ``normPRED``; F1 is ``FScore`` at threshold 0.5, IoU is ``compute_IoU`` at 0.5, AP is
@@ -6,6 +8,13 @@ Per image: the prediction (and, as dirl_test.py does, the label) is min-max norm
 per-image values. All array functions are pure NHWC jnp code (jit/vmap/pmap-able); per-image
 values can be summed on device (``MetricSums``) and grouped per sub-dataset on the host
 (``StreamingMetrics``).
+
+Harmonization (``harmonization_metrics``), as junleen/RainNet's evaluate.py computes it: both
+images go through ``tensor2im`` ((x + 1) / 2 * 255, truncated to uint8), then skimage's
+``mean_squared_error`` and ``peak_signal_noise_ratio`` (data range 255) per image; fMSE, which
+the paper reports and the code never computes, is the MSE over the foreground pixels only (the
+iHarmony4 / DoveNet definition). Dataset numbers are means of per-image values, overall, per
+sub-dataset and per foreground-ratio bin (``FG_RATIO_BINS``).
 """
 
 from __future__ import annotations
@@ -20,6 +29,15 @@ import numpy as np
 from jax import lax
 
 METRIC_NAMES: tuple[str, ...] = ("ap", "f1", "iou")
+HARMONIZATION_METRIC_NAMES: tuple[str, ...] = ("mse", "psnr", "fmse")
+# The validation metric that picks the best checkpoint, per ModelSpec.task (higher is better).
+SELECTION_METRIC: dict[str, str] = {"localization": "iou", "harmonization": "psnr"}
+# Foreground-ratio bins of the harmonization results (lower bound inclusive; the last includes 1).
+FG_RATIO_BINS: tuple[tuple[float, str], ...] = ((0.0, "fg 0-5%"), (0.05, "fg 5-15%"),
+                                                (0.15, "fg 15-100%"))
+# The smallest MSE a PSNR is computed from: skimage gives inf for a perfect image, which would make
+# every mean inf (and eval.json invalid JSON); floored, a perfect image scores 148.1 dB.
+MIN_MSE = 1e-10
 
 
 def _image_axes(x: jax.Array) -> tuple[int, ...]:
@@ -152,6 +170,53 @@ def per_image_metrics(
     return out
 
 
+def to_pixels(image: jax.Array, quantize: bool = True) -> jax.Array:
+    """[0, 1] images -> float32 pixel values in [0, 255]; `quantize` truncates them to integers
+    as the official ``tensor2im``'s ``astype(np.uint8)`` does (values are clipped first)."""
+    pixels = jnp.clip(jnp.asarray(image, jnp.float32) * 255.0, 0.0, 255.0)
+    return jnp.floor(pixels) if quantize else pixels
+
+
+def harmonization_metrics(
+    pred: jax.Array,
+    target: jax.Array,
+    mask: jax.Array,
+    *,
+    quantize: bool = True,
+    valid: jax.Array | None = None,
+) -> dict[str, jax.Array]:
+    """Per-image ``{"mse", "psnr", "fmse", "fg_ratio"}`` arrays [B] of a harmonized image.
+
+    `pred`, `target`: [B, H, W, 3] in [0, 1] (`quantize`: first truncated to 8-bit values, the
+    official default); `mask`: [B, H, W, 1] foreground in {0, 1}. MSE is the mean over pixels and
+    channels on the 0-255 scale, PSNR = 10 log10(255^2 / max(MSE, MIN_MSE)), fMSE the mean over
+    the foreground's pixels and channels (0 for an empty foreground), fg_ratio the mask's mean.
+    Rows with ``valid == False`` are set to 0.
+    """
+    chex.assert_equal_shape((pred, target))
+    chex.assert_rank(mask, 4)
+    chex.assert_equal_shape_prefix((pred, mask), 3)
+    sq = jnp.square(to_pixels(pred, quantize) - to_pixels(target, quantize))
+    m = (jnp.asarray(mask, jnp.float32) > 0.5).astype(jnp.float32)
+    mse = jnp.mean(sq, axis=(1, 2, 3))
+    area = jnp.sum(m, axis=(1, 2, 3))
+    fmse = jnp.sum(sq * m, axis=(1, 2, 3)) / jnp.maximum(area * sq.shape[-1], 1.0)
+    out = {"mse": mse, "psnr": 10.0 * jnp.log10(255.0 ** 2 / jnp.maximum(mse, MIN_MSE)),
+           "fmse": fmse, "fg_ratio": area / (m.shape[1] * m.shape[2])}
+    if valid is not None:
+        valid = jnp.asarray(valid, bool)
+        chex.assert_shape(valid, (pred.shape[0],))
+        out = {k: jnp.where(valid, v, 0.0) for k, v in out.items()}
+    return out
+
+
+def fg_ratio_bin(fg_ratio: np.ndarray) -> np.ndarray:
+    """The `FG_RATIO_BINS` label of each foreground ratio (a fraction in [0, 1])."""
+    edges = np.asarray([lower for lower, _ in FG_RATIO_BINS[1:]])
+    labels = np.asarray([label for _, label in FG_RATIO_BINS])
+    return labels[np.searchsorted(edges, np.asarray(fg_ratio, np.float64), side="right")]
+
+
 @flax.struct.dataclass
 class MetricSums:
     """Device-side sums of per-image metrics and the image count (a pytree; psum-able)."""
@@ -198,6 +263,14 @@ class MetricSums:
         }
 
 
+def group_order(groups) -> list[str]:
+    """"all", then sub-dataset names sorted, then the `FG_RATIO_BINS` labels in bin order."""
+    bins = [label for _, label in FG_RATIO_BINS]
+    rest = sorted(g for g in groups if g != StreamingMetrics.ALL and g not in bins)
+    return ([StreamingMetrics.ALL] if StreamingMetrics.ALL in groups else []) + rest + [
+        b for b in bins if b in groups]
+
+
 class StreamingMetrics:
     """Host accumulator of per-image metrics, overall and per sub-dataset (float64 sums)."""
 
@@ -213,8 +286,11 @@ class StreamingMetrics:
         per_image: Mapping[str, jax.Array | np.ndarray],
         subsets: np.ndarray | list[str] | None = None,
         valid: jax.Array | np.ndarray | None = None,
+        bins: np.ndarray | list[str] | None = None,
     ) -> None:
-        """Add one batch: per-image metric arrays [B], sub-dataset names [B], validity mask [B]."""
+        """Add one batch: per-image metric arrays [B], sub-dataset names [B], validity mask [B],
+        and optionally a second grouping [B] (`bins`, e.g. `fg_ratio_bin` labels): each image
+        counts in "all", in its sub-dataset's row and in its bin's row."""
         values = {k: np.asarray(v, np.float64).reshape(-1) for k, v in per_image.items()}
         b = next(iter(values.values())).shape[0]
         if any(v.shape[0] != b for v in values.values()):
@@ -227,22 +303,26 @@ class StreamingMetrics:
             raise ValueError(
                 f"StreamingMetrics.update: valid has {keep.shape[0]} entries for {b} images."
             )
-        groups = [self.ALL]
-        names = None
-        if subsets is not None:
-            names = np.asarray(subsets).reshape(-1).astype(str)
+        selections = {self.ALL: keep}
+        for what, labels in (("subsets", subsets), ("bins", bins)):
+            if labels is None:
+                continue
+            names = np.asarray(labels).reshape(-1).astype(str)
             if names.shape[0] != b:
                 raise ValueError(
-                    f"StreamingMetrics.update: subsets has {names.shape[0]} entries for {b} images."
+                    f"StreamingMetrics.update: {what} has {names.shape[0]} entries for {b} images."
                 )
             if self.ALL in names:
                 raise ValueError(
-                    f"StreamingMetrics.update: sub-dataset name {self.ALL!r} is reserved for the "
+                    f"StreamingMetrics.update: group name {self.ALL!r} is reserved for the "
                     "overall row; rename that subset."
                 )
-            groups += sorted(set(names[keep].tolist()))
-        for g in groups:
-            sel = keep if g == self.ALL else keep & (names == g)
+            for g in sorted(set(names[keep].tolist())):
+                if g in selections:
+                    raise ValueError(f"StreamingMetrics.update: {g!r} is both a sub-dataset and "
+                                     "a bin name")
+                selections[g] = keep & (names == g)
+        for g, sel in selections.items():
             n = int(sel.sum())
             if n == 0 and g in self._counts:
                 continue
@@ -252,11 +332,10 @@ class StreamingMetrics:
             self._counts[g] = self._counts.get(g, 0) + n
 
     def result(self) -> dict[str, dict[str, float]]:
-        """Means per group: ``{"all": {"ap", "f1", "iou", "count"}, "<subset>": {...}}``."""
+        """Means per group: ``{"all": {"ap", "f1", "iou", "count"}, "<subset>": {...}}``; "all"
+        first, then the sub-datasets by name, then the bins (`FG_RATIO_BINS` in their order)."""
         out: dict[str, dict[str, float]] = {}
-        for g in [self.ALL] + sorted(k for k in self._sums if k != self.ALL):
-            if g not in self._sums:
-                continue
+        for g in group_order(self._sums):
             n = self._counts[g]
             row = {k: (s / n if n else float("nan")) for k, s in self._sums[g].items()}
             row["count"] = n

@@ -376,3 +376,82 @@ def test_metric_sums_is_pytree():
     doubled = jax.jit(lambda a: a.merge(a))(s)
     assert doubled.compute() == {"ap": 0.75}
     np.testing.assert_allclose(doubled.count, 4.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Harmonization: junleen/RainNet evaluate.py (tensor2im + skimage) and the iHarmony4 fMSE
+# ----------------------------------------------------------------------------------------------
+
+
+def official_tensor2im(x: np.ndarray) -> np.ndarray:
+    """util.tensor2im of one image in [-1, 1] (here HWC): (x + 1) / 2 * 255 cast to uint8."""
+    return ((x.astype(np.float32) + 1) / 2.0 * 255.0).astype(np.uint8)
+
+
+def official_harmonization_scores(pred: np.ndarray, real: np.ndarray, mask: np.ndarray) -> dict:
+    """evaluate.py's MSE and PSNR (skimage on the uint8 images), and DoveNet's fMSE
+    (mse(out * mask, real * mask) * H * W / foreground area), for one image in [-1, 1]."""
+    from skimage.metrics import mean_squared_error, peak_signal_noise_ratio
+
+    p, r = official_tensor2im(pred), official_tensor2im(real)
+    m = mask.astype(np.float64)
+    fmse = mean_squared_error(p * m, r * m) * m.size / m.sum()
+    return {"mse": mean_squared_error(p, r), "psnr": peak_signal_noise_ratio(r, p), "fmse": fmse,
+            "fg_ratio": m.mean()}
+
+
+def test_harmonization_metrics_match_the_official_evaluation():
+    rng = np.random.default_rng(0)
+    real = rng.uniform(-1, 1, (4, 32, 24, 3)).astype(np.float32)
+    pred = np.clip(real + rng.normal(0, 0.1, real.shape), -1, 1).astype(np.float32)
+    mask = np.zeros((4, 32, 24, 1), np.float32)
+    for i, (h, w) in enumerate([(2, 3), (8, 6), (20, 12), (32, 24)]):
+        mask[i, :h, -w:] = 1
+    got = jax.jit(metrics.harmonization_metrics)(pred * 0.5 + 0.5, real * 0.5 + 0.5, mask)
+    for i in range(4):
+        want = official_harmonization_scores(pred[i], real[i], mask[i])
+        for k, v in want.items():
+            np.testing.assert_allclose(got[k][i], v, rtol=2e-6, err_msg=(i, k))
+    # the truncation matters: unquantized scores differ, and equal the float formula
+    raw = metrics.harmonization_metrics(pred * 0.5 + 0.5, real * 0.5 + 0.5, mask, quantize=False)
+    diff = (pred.astype(np.float64) - real) * 127.5
+    np.testing.assert_allclose(raw["mse"], np.mean(diff ** 2, axis=(1, 2, 3)), rtol=1e-5)
+    assert np.all(np.abs(np.asarray(raw["mse"]) - np.asarray(got["mse"])) > 1e-3)
+
+
+def test_harmonization_metric_edge_cases():
+    real = np.full((3, 8, 8, 3), 0.5, np.float32)
+    pred = real.copy()
+    pred[1, :2] = 0.0  # only outside the foreground below
+    mask = np.zeros((3, 8, 8, 1), np.float32)
+    mask[:2, 4:] = 1
+    out = metrics.harmonization_metrics(pred, real, mask, valid=np.array([True, True, False]))
+    # a perfect image: MSE 0, PSNR from the floored MSE (finite), fMSE 0
+    np.testing.assert_allclose(out["mse"][0], 0.0)
+    np.testing.assert_allclose(out["psnr"][0], 10 * np.log10(255.0 ** 2 / metrics.MIN_MSE),
+                               rtol=1e-6)
+    # an error only in the background: MSE > 0, fMSE 0
+    np.testing.assert_allclose(out["mse"][1], 127.0 ** 2 * 16 / 64, rtol=1e-6)
+    np.testing.assert_allclose(out["fmse"][1], 0.0)
+    np.testing.assert_allclose(out["fg_ratio"][:2], [0.5, 0.5])
+    # a padded row is zero everywhere
+    assert all(float(v[2]) == 0.0 for v in out.values())
+    with pytest.raises(AssertionError):
+        metrics.harmonization_metrics(pred, real[:, :4], mask)
+
+
+def test_fg_ratio_bins_and_their_rows():
+    ratios = np.array([0.0, 0.0499, 0.05, 0.1499, 0.15, 1.0])
+    assert metrics.fg_ratio_bin(ratios).tolist() == [
+        "fg 0-5%", "fg 0-5%", "fg 5-15%", "fg 5-15%", "fg 15-100%", "fg 15-100%"]
+    acc = metrics.StreamingMetrics()
+    mse = np.arange(6.0)
+    acc.update({"mse": mse}, subsets=np.array(["b", "a", "b", "a", "b", "a"]),
+               valid=np.array([1, 1, 1, 1, 1, 0], bool), bins=metrics.fg_ratio_bin(ratios))
+    result = acc.result()
+    assert list(result) == ["all", "a", "b", "fg 0-5%", "fg 5-15%", "fg 15-100%"]
+    assert {g: (r["count"], r["mse"]) for g, r in result.items()} == {
+        "all": (5, 2.0), "a": (2, 2.0), "b": (3, 2.0), "fg 0-5%": (2, 0.5),
+        "fg 5-15%": (2, 2.5), "fg 15-100%": (1, 4.0)}
+    with pytest.raises(ValueError, match="both a sub-dataset and a bin"):
+        acc.update({"mse": mse[:1]}, subsets=np.array(["fg 0-5%"]), bins=np.array(["fg 0-5%"]))
