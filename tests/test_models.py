@@ -319,6 +319,28 @@ def test_conv_of_nearest_upsample_equals_upsample_then_conv():
             jax.random.PRNGKey(0), x)
 
 
+@pytest.mark.parametrize("height, width", [(1, 1), (2, 3), (5, 4)])
+def test_conv_transpose_equals_the_zero_dilated_conv_with_gradients(height, width):
+    """ConvTranspose2d(4, stride 2, padding 1) as matmul + overlap-add against its textbook
+    form, a conv of the zero-dilated input with the flipped kernel padded by k - 1 - p = 2."""
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(2, height, width, 3)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(4, 4, 3, 5)), jnp.float32)
+
+    def ref(x, kernel):
+        return jax.lax.conv_general_dilated(x, kernel[::-1, ::-1], (1, 1), ((2, 2), (2, 2)),
+                                            lhs_dilation=(2, 2),
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    out = jax.jit(layers.conv_transpose4x4_stride2)(x, kernel)
+    chex.assert_shape(out, (2, 2 * height, 2 * width, 5))
+    chex.assert_trees_all_close(out, ref(x, kernel), atol=1e-5)
+    weights = jnp.asarray(rng.normal(size=out.shape), jnp.float32)
+    grads = [jax.grad(lambda x, k, f=f: jnp.sum(f(x, k) * weights), argnums=(0, 1))(x, kernel)
+             for f in (layers.conv_transpose4x4_stride2, ref)]
+    chex.assert_trees_all_close(grads[0], grads[1], atol=1e-4)
+
+
 def test_importing_jirl_selects_the_memory_minimizing_cpu_scheduler():
     import os
 

@@ -465,18 +465,22 @@ def instance_norm(x: Array, eps: float = 1e-5) -> Array:
     return ((xs - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
 
 
-# `ConvTranspose2d(k=4, s=2, p=1)`: output row 2i + a reads input rows i - 1, i, i + 1 through the
-# kernel rows (k3, k1, -) for a = 0 and (-, k2, k0) for a = 1.
-_TRANSPOSE_PHASE_TAPS = np.zeros((2, 3, 4), np.float32)  # [a, tap, k]
-_TRANSPOSE_PHASE_TAPS[0, 0, 3] = _TRANSPOSE_PHASE_TAPS[0, 1, 1] = 1
-_TRANSPOSE_PHASE_TAPS[1, 1, 2] = _TRANSPOSE_PHASE_TAPS[1, 2, 0] = 1
-
-
 def conv_transpose4x4_stride2(x: Array, kernel: Array) -> Array:
     """`F.conv_transpose2d(x, w, stride=2, padding=1)` for a 4x4 kernel, kernel[ky, kx, i, o] =
-    w[i, o, ky, kx]: the four output phases as one 3x3 conv with 4x the output channels, then a
-    depth-to-space (no zero-dilated input: 36 instead of 64 multiply-adds per useful 16)."""
-    return _phased_conv(x, kernel, _TRANSPOSE_PHASE_TAPS)
+    w[i, o, ky, kx], as PyTorch computes it on CPU: one matmul of every input pixel with the
+    whole kernel ([B, H, W, 4, 4, out] columns), then an overlap-add (col2im) of the 4x4 patches
+    at stride 2, cropped by the padding. On XLA:CPU this is 1.3-40x faster, forward and
+    backward, than a dilated-input conv or one phased 3x3 conv when the images are small and the
+    channels many (RainNet's codec blocks: 1x1 to 16x16, 512-1024 channels)."""
+    b, h, w, _ = x.shape
+    cout = kernel.shape[-1]
+    # kernel row ky = 2 qy + ry lands on output row 2 (i + qy) + ry (before the crop); same for x
+    cols = jnp.einsum("bhwi,yxio->bhwyxo", x, kernel).reshape(b, h, w, 2, 2, 2, 2, cout)
+    out = sum(jnp.pad(cols[:, :, :, qy, :, qx], ((0, 0), (qy, 1 - qy), (qx, 1 - qx), (0, 0),
+                                                 (0, 0), (0, 0)))
+              for qy in (0, 1) for qx in (0, 1))  # [B, H + 1, W + 1, ry, rx, out]
+    out = out.transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h + 2, 2 * w + 2, cout)
+    return out[:, 1:-1, 1:-1]
 
 
 class ConvTranspose2d(nn.Module):
