@@ -254,6 +254,7 @@ def test_load_source_rejects_unknown_source(data_cfg):
         ("num_workers", -1, r"data.num_workers=-1 is invalid"),
         ("num_train", 0, r"data.num_train=0 is invalid: it must be an int >= 1"),
         ("image_size", 8, r"data.image_size=8 is invalid: it must be an int >= 16"),
+        ("preprocess", "none", r"data.preprocess='none' is invalid: it must be one of crop, resize"),
     ],
 )
 def test_validate_data_config_names_the_bad_key(key, value, message, tmp_path):
@@ -519,3 +520,31 @@ def test_redraws_are_capped_for_empty_masks():
     cfg = transforms.AugmentConfig(crop_size=32, keep_any_prob=0.0, max_redraws=5)
     ex = transforms.train_transform(record, np.random.default_rng(0), cfg)
     assert not np.any(ex["mask"])
+
+
+def test_resize_preprocess_is_rainnets_pil_resize_without_crop_or_flip():
+    """preprocess="resize": PIL's antialiased bilinear for the images (one lit column in three,
+    shrunk 3x, averages to a third of white, where the crop path's two-tap cv2-style bilinear
+    samples only the dark columns), PIL's nearest for the mask (source pixel
+    floor((i + 0.5) * scale)), the same output for training and evaluation and any random draw."""
+    lines = np.zeros((64, 48, 3), np.uint8)
+    lines[:, ::3] = 255
+    mask = np.zeros((64, 48, 1), np.uint8)
+    mask[5:40, 7:30] = 255
+    record = {"composite": lines, "real": 255 - lines, "mask": mask, "subset": "s", "name": "n"}
+    cfg = transforms.AugmentConfig(crop_size=16, mean=(0.0,) * 3, std=(1.0,) * 3,
+                                   preprocess="resize")
+    out = transforms.train_transform(record, np.random.default_rng(0), cfg)
+    chex.assert_shape([out["image"], out["real"]], (16, 16, 3))
+    chex.assert_shape(out["mask"], (16, 16, 1))
+    np.testing.assert_allclose(out["image"][:, 1:-1] * 255, 85, atol=2)  # edges: fewer taps
+    cropped = transforms.eval_transform(record, transforms.AugmentConfig(
+        crop_size=16, mean=(0.0,) * 3, std=(1.0,) * 3))
+    assert np.max(cropped["image"]) == 0.0  # the crop path's resize aliases
+    np.testing.assert_array_equal(out["mask"][..., 0], mask[2::4, 1::3, 0] > 0)
+    for other in (transforms.train_transform(record, np.random.default_rng(7), cfg),
+                  transforms.eval_transform(record, cfg)):
+        for k in ("image", "mask", "real"):
+            np.testing.assert_array_equal(other[k], out[k])
+    with pytest.raises(ValueError, match="data.preprocess='none'; use one of"):
+        transforms.AugmentConfig(preprocess="none")

@@ -90,6 +90,8 @@ _COMMON_KEYS: dict[str, tuple[Callable, str]] = {
     "source": (lambda v: v in VALID_SOURCES, f"one of {', '.join(VALID_SOURCES)}"),
     "data_dir": (_str_or_none, "a directory (str) or None for $JIRL_DATA_DIR / " + DEFAULT_DATA_DIR),
     "crop_size": (lambda v: _is_int(v) and v >= 1, "an int >= 1 (the model input size, e.g. 224)"),
+    "preprocess": (lambda v: v in transforms.PREPROCESS,
+                   f"one of {', '.join(transforms.PREPROCESS)} (DIRL's crop + flip, RainNet's resize)"),
     "mean": (_is_triple, "three numbers (per-channel mean of [0, 1] pixels)"),
     "std": (lambda v: _is_triple(v) and all(x > 0 for x in v), "three numbers > 0"),
     "validation_fraction": (
@@ -262,6 +264,7 @@ def _augment_config(data_cfg) -> transforms.AugmentConfig:
         crop_size=int(data_cfg["crop_size"]),
         mean=tuple(float(v) for v in data_cfg["mean"]),
         std=tuple(float(v) for v in data_cfg["std"]),
+        preprocess=str(data_cfg["preprocess"]),
     )
 
 

@@ -8,6 +8,11 @@ foreground pixels, except that each draw is accepted outright with probability 0
 (``check_augmented_sample``; here the re-draws are capped). Evaluation resizes to crop x crop.
 Resizing is OpenCV ``INTER_LINEAR`` (half-pixel centres, no antialiasing, edge clamping) on
 uint8 images; ``resize_bilinear`` reproduces it in numpy.
+
+``preprocess="resize"`` is RainNet's instead (``--preprocess none`` in its train.sh, and its
+``Iharmony4Dataset`` for training and testing alike): the whole image resized to crop x crop by
+torchvision's ``tf.resize`` on PIL images (PIL bilinear, antialiased when shrinking), the mask
+converted to PIL mode "1" and resized (PIL resizes mode "1" nearest); no crop, no flip.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import dataclasses
 import math
 
 import numpy as np
+from PIL import Image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +35,14 @@ class AugmentConfig:
     max_redraws: int = 20  # after this many re-draws the last crop is used
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    preprocess: str = "crop"  # "crop" (DIRL's crop + flip) | "resize" (RainNet's; module doc)
+
+    def __post_init__(self):
+        if self.preprocess not in PREPROCESS:
+            raise ValueError(f"data.preprocess={self.preprocess!r}; use one of {PREPROCESS}")
+
+
+PREPROCESS = ("crop", "resize")
 
 
 def _linear_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -130,8 +144,30 @@ def _output(images: np.ndarray, mask: np.ndarray, record: dict, cfg: AugmentConf
     }
 
 
+def _pil_resize(pixels: np.ndarray, size: int, mode: str | None = None) -> np.ndarray:
+    """A uint8 [H, W, C] image (C = 1: a mask) through PIL: optionally converted to `mode`, then
+    resized to size x size with PIL's bilinear filter (mode "1": PIL's nearest); [size, size, C]."""
+    image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+    if mode is not None:
+        image = image.convert(mode)
+    out = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
+    return out.reshape(size, size, -1)
+
+
+def resize_transform(record: dict, cfg: AugmentConfig) -> dict:
+    """RainNet's preprocessing, for training and evaluation alike (see module doc)."""
+    composite, real, mask_u8 = _arrays(record)
+    size = cfg.crop_size
+    images = np.concatenate([_pil_resize(composite, size), _pil_resize(real, size)], -1)
+    mask = _pil_resize(np.asarray(mask_u8, np.uint8), size, mode="1") > 0
+    return _output(images.astype(np.float32), mask, record, cfg)
+
+
 def train_transform(record: dict, rng: np.random.Generator, cfg: AugmentConfig) -> dict:
-    """RandomResizedCrop + HorizontalFlip with the foreground re-draw rule (see module doc)."""
+    """RandomResizedCrop + HorizontalFlip with the foreground re-draw rule (see module doc), or
+    with `cfg.preprocess == "resize"` RainNet's `resize_transform`."""
+    if cfg.preprocess == "resize":
+        return resize_transform(record, cfg)
     composite, real, mask_u8 = _arrays(record)
     mask = mask_u8.astype(np.float32) / 255.0
     height, width = mask.shape[:2]
@@ -160,7 +196,10 @@ def eval_mask(mask_u8: np.ndarray, size: int) -> np.ndarray:
 
 
 def eval_transform(record: dict, cfg: AugmentConfig) -> dict:
-    """Resize to crop x crop (bilinear; mask thresholded at 0.5), no randomness."""
+    """Resize to crop x crop (bilinear; mask thresholded at 0.5), no randomness; with
+    `cfg.preprocess == "resize"` RainNet's `resize_transform`."""
+    if cfg.preprocess == "resize":
+        return resize_transform(record, cfg)
     composite, real, mask_u8 = _arrays(record)
     size = cfg.crop_size
     crop_images = resize_bilinear(np.concatenate([composite, real], -1), size, size)
