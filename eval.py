@@ -1,10 +1,13 @@
-"""Evaluate a jirl checkpoint: AP / F1 / IoU (official protocol) on a split, overall and per subset.
+"""Evaluate a jirl checkpoint on a split, overall and per subset: a localizer's AP / F1 / IoU
+(official DIRL protocol), a harmonizer's MSE / PSNR / fMSE (RainNet's, also per foreground-ratio
+bin).
 
   python eval.py --config configs/dirl.py:quick                 # best (else latest) in the workdir
   python eval.py --config configs/dirl.py --checkpoint DIR      # any checkpoint or step directory
-Writes <workdir>/eval.json; --save_masks also writes the predicted masks as PNGs. Beside the
-model it scores the trivial baselines (the mean training mask, the all-foreground mask; see
-jirl.training.baselines) unless --config.eval.baselines=False. --contact_sheet N draws N
+Writes <workdir>/eval.json; --save_masks also writes the predicted masks as PNGs (a
+harmonizer: --save_images, the harmonized images). Beside the model it scores the trivial
+baselines unless --config.eval.baselines=False: the mean training mask and the all-foreground
+mask (see jirl.training.baselines), for a harmonizer the unharmonized composite. --contact_sheet N draws N
 examples whose regions lie away from the image centre (composite | ground truth | prediction).
 """
 
@@ -30,6 +33,8 @@ flags.DEFINE_string("checkpoint", None, "Checkpoint to evaluate (default: the wo
                     "else its latest).")
 flags.DEFINE_string("split", None, "Split to evaluate (default: config.eval.split).")
 flags.DEFINE_bool("save_masks", False, "Also write predicted masks to <workdir>/masks/.")
+flags.DEFINE_bool("save_images", False, "A harmonizer: also write the harmonized images to "
+                  "<workdir>/images/<name>/<example>.png.")
 flags.DEFINE_integer("contact_sheet", 0, "Also write <workdir>/contact_sheet.png: the first N "
                      "examples of the split whose region's centre lies >= 0.25 image sides from "
                      "the image centre (composite | ground truth | prediction); one process.")
@@ -51,11 +56,17 @@ def main(argv):
     distributed.initialize_from_flags()  # before anything touches devices
     cli.quiet_libraries()
     config = FLAGS.config
+    workdir = cli.workdir()
+    spec, model = build_model(config)
+    if spec.task != "localization" and (FLAGS.contact_sheet > 0 or FLAGS.save_masks):
+        sys.exit(f"eval.py: {config.model.name} is a {spec.task} model: it predicts no masks "
+                 "(--save_masks, --contact_sheet); use --save_images")
+    if spec.task == "localization" and FLAGS.save_images:
+        sys.exit(f"eval.py: --save_images is for harmonizers; {config.model.name} predicts masks "
+                 "(--save_masks)")
     if FLAGS.contact_sheet > 0 and jax.process_count() > 1:
         sys.exit("eval.py: --contact_sheet is drawn by a single process; run it without "
                  "--contact_sheet on several hosts, or on one host")
-    workdir = cli.workdir()
-    spec, model = build_model(config)
     mesh = jmesh.make_mesh()
     target = jax.eval_shape(lambda: init_model_variables(config, model))
     try:
@@ -65,16 +76,20 @@ def main(argv):
         sys.exit(f"eval.py: {e}")
     eval_step = jax.jit(make_eval_step(spec, config, model.apply))
     split = FLAGS.split or config.eval.split
-    mask_dir = os.path.join(workdir, "masks") if FLAGS.save_masks else None
+    mask_dir = (os.path.join(workdir, "masks") if FLAGS.save_masks
+                else os.path.join(workdir, "images") if FLAGS.save_images else None)
     base = (jbase.mean_training_mask(config.data, config.eval.prior_examples)
-            if config.eval.baselines else None)
+            if config.eval.baselines and spec.task == "localization" else None)
     results = evaluate(config, eval_step, variables, mesh, split=split, mask_dir=mask_dir,
                        baselines=base)
     print(f"checkpoint: {step_dir}\nsplit: {split}")
     print(format_table(results))
     payload = {"checkpoint": step_dir, "split": split, "model": config.model.name,
-               "primary_mask": spec.primary_mask, "normalized": bool(config.eval.normalize),
-               "results": results}
+               "task": spec.task, "primary_mask": spec.primary_mask, "results": results}
+    if spec.task == "localization":
+        payload["normalized"] = bool(config.eval.normalize)
+    else:
+        payload["quantized"] = bool(config.eval.quantize)
     if base is not None:
         payload["mean_mask"] = base.summary()
         print("mean training mask: " + ", ".join(f"{k} {v:.4g}" for k, v in base.summary().items()))

@@ -32,6 +32,9 @@ def data_config() -> ml_collections.ConfigDict:
     d.folder = ml_collections.ConfigDict({"train": "", "test": ""})
     # Model input: crop (train) / resize (eval) size and the ImageNet normalization.
     d.crop_size = 224
+    # "crop": DIRL's RandomResizedCrop + flip for training, a resize for evaluation (cv2 bilinear);
+    # "resize": RainNet's whole-image PIL resize for both, mask nearest (jirl.data.transforms).
+    d.preprocess = "crop"
     d.mean = (0.485, 0.456, 0.406)
     d.std = (0.229, 0.224, 0.225)
     # Loading: num_workers=0 reads in this process (with num_threads prefetch threads);
@@ -79,7 +82,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Step-based overrides of the epoch-based defaults (-1 = derive from epochs).
     c.num_train_steps = -1  # default: num_epochs * steps_per_epoch
     c.checkpoint_every_steps = -1  # default: once per epoch
-    c.eval_every_steps = -1  # default: every 5 epochs (the official save/validate frequency)
+    c.eval_every_steps = -1  # default: every eval_every_epochs epochs
+    c.eval_every_epochs = 5  # the official save/validate frequency
     c.log_every_steps = 50
 
     c.init_from = ""  # an Orbax checkpoint directory to initialise params / BN statistics from
@@ -92,6 +96,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.validation_split = "val"
     c.eval.batch_size = 8
     c.eval.normalize = True  # the official protocol: min-max normalize each prediction
+    # Harmonizers: truncate images to 8-bit values before MSE / PSNR / fMSE (RainNet's tensor2im)
+    c.eval.quantize = True
     c.eval.max_examples = -1  # -1 = the whole split
     # Every evaluation also scores the trivial baselines (jirl.training.baselines): the mean of
     # prior_examples training masks (evenly spread; -1 = all) and the all-foreground mask.

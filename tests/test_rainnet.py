@@ -345,10 +345,123 @@ def test_the_train_step_updates_each_network_once_with_its_own_adam_and_rolls_ba
     chex.assert_trees_all_equal(bad, new)
 
 
-def test_training_or_evaluating_a_harmonizer_fails_early_with_a_clear_message():
-    from jirl.models import resolve_spec
-    from jirl.training.steps import make_eval_step
+def test_the_eval_step_scores_the_recomposited_harmonization_like_the_official_evaluation():
+    """The eval step feeds G the official test composite comp * M + real * (1 - M), so the
+    harmonized background is the real one and all error lies in the foreground; its MSE / PSNR /
+    fMSE equal evaluate.py's tensor2im + skimage on the image it returns, and the do-nothing
+    baseline scores that composite; a padded row scores zeros."""
+    from test_metrics import official_harmonization_scores
+
+    from jirl.models import build_model, init_model_variables
+    from jirl.training import steps
 
     c = _tiny_config()
-    with pytest.raises(NotImplementedError, match="rainnet is a harmonization model.*MSE / PSNR"):
-        make_eval_step(resolve_spec(c.model), c, None)
+    spec, model = build_model(c)
+    variables = init_model_variables(c, model)
+    image, mask = forward_inputs(2, "tiny", 32)
+    real = np.clip(image * 0.8 + 0.1, -1, 1).astype(np.float32)
+    batch = {"image": jnp.asarray(image), "real": jnp.asarray(real), "mask": jnp.asarray(mask),
+             "valid": jnp.asarray([True, False])}
+    per_image, images = jax.jit(steps.make_eval_step(spec, c, model.apply))(variables, batch)
+    assert set(per_image) == {"harmonized", steps.COMPOSITE_BASELINE} and set(images) == {"harmonized"}
+    out = np.asarray(images["harmonized"])
+    np.testing.assert_array_equal(out[0][mask[0, ..., 0] == 0], (real[0] * 0.5 + 0.5)[mask[0, ..., 0] == 0])
+    comp = image * mask + real * (1 - mask)
+    for name, picture in (("harmonized", out[0] * 2 - 1), (steps.COMPOSITE_BASELINE, comp[0])):
+        want = official_harmonization_scores(picture, real[0], mask[0])
+        for k, v in want.items():
+            np.testing.assert_allclose(per_image[name][k][0], v, rtol=1e-5, err_msg=(name, k))
+        assert all(float(v[1]) == 0.0 for v in per_image[name].values())
+    scores = per_image["harmonized"]
+    np.testing.assert_allclose(scores["mse"][0], scores["fmse"][0] * scores["fg_ratio"][0], rtol=1e-5)
+
+
+
+
+def test_convert_cli_writes_a_checkpoint_that_eval_and_init_from_restore(tmp_path):
+    """`python -m jirl.convert rainnet --checkpoint net_G.pth [--discriminator net_D.pth]`'s
+    conversion (torch.save files of the official keys) restores as eval.py / init_from restore
+    it, holding what the parity-tested importers give; a D file in the G slot is refused."""
+    torch = pytest.importorskip("torch", reason="the optional extra jirl[torch] is not installed")
+    from jirl.convert.__main__ import convert as convert_cli
+    from jirl.convert.torch_io import ConversionError
+    from jirl.models import build_model, init_model_variables
+    from jirl.training import checkpoints as ckpt
+
+    index = json.loads(str(np.load(os.path.join(FIXTURES, "rainnet.npz"))["index"]))
+    files = {}
+    for part, name in (("g/rain", "net_G_last.pth"), ("d", "net_D_last.pth")):
+        sd = synthetic_state_dict(index[part])
+        torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()},
+                   tmp_path / name)
+        files[part] = (str(tmp_path / name), sd)
+    c = _official_config()
+    out = convert_cli("rainnet", {"checkpoint": files["g/rain"][0],
+                                  "discriminator": files["d"][0]}, str(tmp_path / "ckpt"), c)
+    _, model = build_model(c)
+    shapes = jax.eval_shape(lambda: init_model_variables(c, model))
+    restored = ckpt.restore_model(out, shapes, model_cfg=c.model)
+    want = conv.discriminator_variables(files["d"][1], conv.generator_variables(
+        files["g/rain"][1], jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)))
+    chex.assert_trees_all_equal(jax.device_get(restored), want)
+    with pytest.raises(ConversionError, match="does not look like an official RainNet generator"):
+        convert_cli("rainnet", {"checkpoint": files["d"][0]}, str(tmp_path / "bad"), c)
+
+
+# ---------------------------------------------------------------- train.py and eval.py
+
+TINY_FLAGS = [
+    "--config", "configs/rainnet.py:quick", "--config.model.ngf=4", "--config.model.blocks=1",
+    "--config.model.ndf=4", "--config.model.d_strided=2", "--config.data.image_size=32",
+    "--config.data.crop_size=32", "--config.data.num_train=40", "--config.data.num_test=8",
+    "--config.batch_size=4", "--config.eval.batch_size=4", "--config.log_every_steps=1",
+    "--config.checkpoint_every_steps=2", "--config.eval_every_steps=2",
+]
+
+
+def _records(workdir) -> dict[int, dict]:
+    with open(workdir / "metrics.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    return {r["step"]: r for r in records if "loss_D" in r}
+
+
+def test_train_py_runs_the_adversarial_steps_resumes_exactly_on_two_devices_and_eval_py_scores_it(
+        tmp_path):
+    """train.py rainnet on 2 devices: 4 steps straight, and 2 steps then a resumed run to 4,
+    log the same D and G losses bit for bit (both networks, both Adams and the spectral-norm
+    buffers are checkpointed); validation logs PSNR and writes harmonized images to TensorBoard
+    and keeps the best checkpoint by PSNR; eval.py writes MSE / PSNR / fMSE per subset and
+    foreground-ratio bin to eval.json, and the harmonized PNGs."""
+    from jirl_testing import run, subprocess_env
+
+    from jirl.training import checkpoints as ckpt
+
+    env = subprocess_env(2, cache_dir=tmp_path / "xla_cache")
+    common = [*TINY_FLAGS, f"--config.data.data_dir={tmp_path / 'data'}"]
+    run(["train.py", *common, "--workdir", str(tmp_path / "a"), "--config.num_train_steps=4"], env)
+    run(["train.py", *common, "--workdir", str(tmp_path / "b"), "--config.num_train_steps=2"], env)
+    run(["train.py", *common, "--workdir", str(tmp_path / "b"), "--config.num_train_steps=4"], env)
+    a, b = _records(tmp_path / "a"), _records(tmp_path / "b")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for step in (3, 4):
+        for key in ("loss_D", "D_gp", "loss_G", "G_L1", "loss", "grad_norm_d", "grad_norm_g"):
+            assert a[step][key] == b[step][key], (step, key)
+    with open(tmp_path / "a" / "metrics.jsonl") as f:
+        val = [json.loads(line) for line in f if "val/psnr" in line]
+    assert [r["step"] for r in val] == [2, 4] and all(r["val/psnr"] > 5 for r in val)
+    events = b"".join(p.read_bytes() for p in (tmp_path / "a" / "tensorboard").iterdir())
+    assert b"val/harmonized" in events
+    (best_dir,) = (tmp_path / "a" / "best").iterdir()
+    best = ckpt.read_meta(str(best_dir))
+    assert best["best_score"] == max(r["val/psnr"] for r in val) == best["val"]["psnr"]
+    assert int(best_dir.name) == max(val, key=lambda r: r["val/psnr"])["step"]
+    proc = run(["eval.py", *common, "--workdir", str(tmp_path / "eval"), "--checkpoint",
+                str(tmp_path / "a" / "checkpoints" / "4"), "--save_images"], env)
+    result = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert result["task"] == "harmonization" and result["quantized"] is True
+    rows = result["results"]["harmonized"]
+    assert rows["all"]["count"] == 8
+    assert sum(rows[g]["count"] for g in rows if g.startswith("fg ")) == 8
+    assert set(rows["all"]) == {"mse", "psnr", "fmse", "fg_ratio", "count"}
+    assert "baseline/composite" in result["results"] and "PSNR" in proc.stdout
+    assert len(list((tmp_path / "eval" / "images" / "harmonized").glob("*.png"))) == 8

@@ -5,6 +5,9 @@
   python -m jirl.convert madisnet --g G.pth --ihdrnet I.pth [--domain_encoder E.pth] --out DIR
       [--config configs/madisnet.py[:unet]]    # official g/ihdrnet/domain_encoder_epoch*.pth, or
                                                # libcom's Inharmonious_G.pth + IHDRNet.pth
+  python -m jirl.convert rainnet --checkpoint net_G_last.pth [--discriminator net_D_last.pth] --out DIR
+      [--config configs/rainnet.py[:in]]       # the released net_G_last.pth (256 px); the
+                                               # 512 px release with --config.data.crop_size=512
 
 The model architecture comes from `--config` (default `configs/<model>.py`, the official setting),
 with `--config.key=value` overrides as in train.py and eval.py, e.g.
@@ -28,13 +31,18 @@ from ml_collections import config_flags
 SOURCES: dict[str, dict[str, str]] = {
     "dirl": {"encoder": "official DIRL encoder state_dict (.pth)",
              "decoder": "official DIRL decoder state_dict (.pth)"},
-    "unet": {"checkpoint": "official MadisNet UNet state_dict (.pth, e.g. g_epoch*.pth)"},
+    "unet": {"checkpoint": "official state_dict (.pth): MadisNet's UNet g_epoch*.pth, or "
+                           "RainNet's generator net_G*.pth"},
     "madisnet": {"g": "MadisNet localizer (.pth: official g_epoch*.pth, libcom Inharmonious_G.pth)",
                  "ihdrnet": "MadisNet iHDRNet (.pth: official ihdrnet_epoch*.pth, libcom IHDRNet.pth)",
                  "domain_encoder": "optional MadisNet E_dom (.pth: domain_encoder_epoch*.pth); "
                                    "without it E_dom keeps its initialization (training only)"},
 }
-OPTIONAL = {"domain_encoder"}  # source flags that may be left out
+SOURCES["rainnet"] = {
+    "checkpoint": SOURCES["unet"]["checkpoint"],
+    "discriminator": "optional RainNet discriminator (.pth: net_D*.pth); without it D keeps its "
+                     "initialization (training only)"}
+OPTIONAL = {"domain_encoder", "discriminator"}  # source flags that may be left out
 FLAGS = flags.FLAGS
 
 
@@ -49,6 +57,11 @@ def _loader(model: str, files: dict[str, str], localizer: str = "") -> Callable[
 
         return lambda target: madisnet.load_official(
             files["g"], files["ihdrnet"], target, localizer, files.get("domain_encoder"))
+    if model == "rainnet":
+        from jirl.convert import rainnet
+
+        return lambda target: rainnet.load_official(files["checkpoint"], target,
+                                                    files.get("discriminator"))
     from jirl.convert import unet
 
     return lambda target: unet.load_official(files["checkpoint"], target)

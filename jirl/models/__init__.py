@@ -61,7 +61,8 @@ class ModelSpec:
     pretrained: the ImageNet networks the model can start from (`Pretrained`: which config key
         names the file, which loader, which subtree). The loaders live in
         `jirl.convert.backbones`, not in the model files.
-    primary_mask: the eval_masks entry that selects the best checkpoint and is logged as val/.
+    primary_mask: the eval_masks entry (a harmonizer's: the eval_images entry) that selects the
+        best checkpoint (by `jirl.metrics.SELECTION_METRIC` of the task) and is logged as val/.
     step_masks(outputs) -> {name: mask} of an iterative model's intermediate masks, scored when
         `config.eval.per_iteration` is set; None for models without iterations.
     train_inputs(batch) -> keyword arguments of the model's training call beyond the image (e.g.
@@ -81,6 +82,9 @@ class ModelSpec:
         of `eval_images(outputs)["harmonized"]` against the real image).
     model_inputs(batch) -> keyword arguments of every call of the model beyond the image (a
         harmonizer's mask); None when there are none.
+    harmonization_inputs(batch) -> (composite, mask, real): what a harmonizer is given and scored
+        against, from a batch with a real image (RainNet re-composites comp * M + real * (1 - M),
+        as its official dataset does).
     """
 
     name: str
@@ -98,6 +102,7 @@ class ModelSpec:
     train_phases: tuple[TrainPhase, ...] = ()
     task: str = "localization"
     model_inputs: Callable[..., dict] | None = None
+    harmonization_inputs: Callable[..., tuple] | None = None
 
 
 def available_models() -> list[str]:

@@ -401,4 +401,5 @@ SPEC = ModelSpec(
     param_groups=PARAM_GROUPS, param_labels=param_labels, eval_images=eval_images,
     train_phases=(TrainPhase("d", discriminator_loss, ("d",)),
                   TrainPhase("g", generator_loss, ("g",))),
-    task="harmonization", model_inputs=model_inputs)
+    task="harmonization", model_inputs=model_inputs, primary_mask="harmonized",
+    harmonization_inputs=harmonization_inputs)

@@ -1,7 +1,7 @@
 """Orbax checkpoints: the layout every jirl model shares.
 
 <workdir>/checkpoints/<step>/   the latest checkpoints (auto-resume reads the newest)
-<workdir>/best/<step>/          the best one by validation IoU
+<workdir>/best/<step>/          the best one by validation IoU (a harmonizer: PSNR)
 Each step directory holds three items:
   model  {"params", "batch_stats"}    everything inference needs (also what the importer writes)
   train  {"step", "opt_state"}        what exact resume needs in addition

@@ -1,4 +1,5 @@
-"""Evaluation over a whole split: AP / F1 / IoU per mask, overall and per sub-dataset."""
+"""Evaluation over a whole split: per scored mask or image (a localizer's AP / F1 / IoU, a
+harmonizer's MSE / PSNR / fMSE), overall and per sub-dataset (and foreground-ratio bin)."""
 
 from __future__ import annotations
 
@@ -76,7 +77,8 @@ def evaluate(
     baselines: jbase.Baselines | None = None,
     progress: bool = True,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Scores every mask the model outputs on `split`, and with `baselines` the trivial ones.
+    """Scores every mask (a harmonizer: image) the model outputs on `split`, and with
+    `baselines` the trivial masks.
 
     Returns {mask name: {"all": {"ap", "f1", "iou", "count"}, <sub-dataset>: {...}}}, with the
     rows `baseline/mean_mask` and `baseline/all_foreground` after the model's masks when
@@ -84,6 +86,8 @@ def evaluate(
     mask as `<mask_dir>/<mask name>/<example name>.png` (each process writes the examples it
     read, so a multi-process run writes every mask once), and so the model's pictures that are
     not scored (`ModelSpec.eval_images`, e.g. MadisNet's mapped image as `retouched/`).
+    A harmonizer's rows hold {"mse", "psnr", "fmse", "fg_ratio", "count"}, with the groups
+    `metrics.FG_RATIO_BINS` after the sub-datasets; its images are written as `<name>/`.
     """
     split = split or config.eval.split
     global_batch = config.eval.batch_size
@@ -112,7 +116,8 @@ def evaluate(
                               for name, values in scores.items()})
         for mask_name, host in per_image.items():
             acc = accumulators.setdefault(mask_name, metrics.StreamingMetrics())
-            acc.update(host, subsets, valid)
+            bins = metrics.fg_ratio_bin(host["fg_ratio"]) if "fg_ratio" in host else None
+            acc.update(host, subsets, valid, bins=bins)
             if mask_dir and mask_name in masks:
                 _save_masks(os.path.join(mask_dir, mask_name), _local_rows(masks[mask_name], mesh),
                             names, np.asarray(batch["valid"], bool))
@@ -122,20 +127,57 @@ def evaluate(
         seen += int(valid.sum())
         if 0 < limit <= seen:
             break
-    return {name: acc.result() for name, acc in accumulators.items()}
+    # The model's rows first, then the baselines' (jit returns dicts sorted by key).
+    return {name: accumulators[name].result()
+            for name in sorted(accumulators, key=lambda n: n.startswith("baseline/"))}
 
 
 def format_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
-    """A fixed-width table: one row per (mask, sub-dataset)."""
+    """A fixed-width table: one row per (mask or image, group), one column per metric."""
     width = max([10] + [len(name) for name in results])
-    lines = [f"{'mask':<{width}} {'subset':<16} {'n':>6} {'AP':>8} {'F1':>8} {'IoU':>8}"]
+    keys = next(iter(next(iter(results.values())).values()))
+    columns = [k for k in COLUMN_TITLES if k in keys] + sorted(
+        k for k in keys if k not in COLUMN_TITLES and k != "count")
+    lines = [f"{'mask':<{width}} {'subset':<16} {'n':>6} "
+             + " ".join(f"{COLUMN_TITLES.get(k, k):>9}" for k in columns)]
     for mask_name, groups in results.items():
-        order = ["all"] + sorted(k for k in groups if k != "all")
-        for g in order:
+        for g in metrics.group_order(groups):
             r = groups[g]
-            lines.append(f"{mask_name:<{width}} {g:<16} {int(r['count']):>6} {r['ap']:>8.4f} "
-                         f"{r['f1']:>8.4f} {r['iou']:>8.4f}")
+            lines.append(f"{mask_name:<{width}} {g:<16} {int(r['count']):>6} "
+                         + " ".join(f"{r[k]:>9.4f}" for k in columns))
     return "\n".join(lines)
+
+
+# The table's columns, in this order, and their titles.
+COLUMN_TITLES = {"ap": "AP", "f1": "F1", "iou": "IoU", "mse": "MSE", "psnr": "PSNR",
+                 "fmse": "fMSE", "fg_ratio": "fg ratio"}
+
+
+def harmonized_samples(
+    config: ml_collections.ConfigDict,
+    eval_step: Callable,
+    variables: dict,
+    mesh: jax.sharding.Mesh,
+    *,
+    split: str,
+    image_name: str,
+    count: int = 4,
+) -> np.ndarray:
+    """[n, H, 3 W, 3] images in [0, 1] of the first `count` examples of `split` (n <= count, this
+    process's rows): composite | the harmonizer's `image_name` output | real image, for
+    TensorBoard. Every process must call it (the eval step is a collective)."""
+    local_batch = config.eval.batch_size // jax.process_count()
+    batch = next(iter(jdata.eval_batches(
+        config.data, split, batch_size=local_batch, process_index=jax.process_index(),
+        process_count=jax.process_count())))
+    _, images = eval_step(variables, jmesh.put_batch(batch, mesh))
+    output = _local_rows(images[image_name], mesh)
+    mean = np.asarray(config.data.mean, np.float32)
+    std = np.asarray(config.data.std, np.float32)
+    rows = np.flatnonzero(batch["valid"])[:count]
+    return np.stack([np.concatenate([batch["image"][i] * std + mean, output[i],
+                                     batch["real"][i] * std + mean], axis=1).clip(0, 1)
+                     for i in rows])
 
 
 def off_centre_sheet(

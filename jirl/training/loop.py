@@ -1,4 +1,4 @@
-"""`train_and_evaluate(config, workdir)`: the training loop every supervised jirl model uses."""
+"""`train_and_evaluate(config, workdir)`: the training loop every jirl model uses."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ import ml_collections
 from tqdm import tqdm
 
 from jirl import data as jdata
+from jirl import metrics
 from jirl.convert import backbones
 from jirl.models import build_model, init_model_variables
 from jirl.training import baselines as jbase
 from jirl.training import checkpoints as ckpt
 from jirl.training import mesh as jmesh
-from jirl.training.evaluate import evaluate, format_table
+from jirl.training.evaluate import evaluate, format_table, harmonized_samples
 from jirl.training.optim import lr_schedule, make_optimizer
 from jirl.training.state import TrainState, create_train_state
 from jirl.training.steps import compile_step, make_eval_step, make_train_step
@@ -39,7 +40,7 @@ class Schedule:
         self.checkpoint_every = (config.checkpoint_every_steps
                                  if config.checkpoint_every_steps > 0 else steps_per_epoch)
         self.eval_every = (config.eval_every_steps if config.eval_every_steps > 0
-                           else 5 * steps_per_epoch)
+                           else config.eval_every_epochs * steps_per_epoch)
         self.log_every = max(1, config.log_every_steps)
 
 
@@ -99,15 +100,17 @@ def check_resumable_stream(saved: dict | None, config: ml_collections.ConfigDict
             f"settings, or start a new workdir with --config.init_from=<this checkpoint>")
 
 
-def _meta(config, step: int, best_iou: float, extra: dict | None = None) -> dict:
-    return dict({"step": int(step), "model": config.model.name, "best_iou": best_iou,
+def _meta(config, step: int, best: float, extra: dict | None = None) -> dict:
+    """Checkpoint metadata; `best` is the best validation score so far (`best_score`, of the
+    task's `metrics.SELECTION_METRIC`; -1 before the first validation)."""
+    return dict({"step": int(step), "model": config.model.name, "best_score": best,
                  "data_iterator": data_iterator_state(config, step),
                  "config": json.loads(config.to_json_best_effort())}, **(extra or {}))
 
 
 def _initial_state(config: ml_collections.ConfigDict, spec, state: TrainState,
                    checkpointer: ckpt.Checkpointer, mesh) -> tuple[TrainState, float]:
-    """(state, best validation IoU so far): resumed from the workdir's newest checkpoint, else
+    """(state, best validation score so far): resumed from the workdir's newest checkpoint, else
     initialized from `config.init_from`, else from the model's ImageNet backbone (if configured).
 
     Every array ends up replicated over `mesh`.
@@ -120,7 +123,8 @@ def _initial_state(config: ml_collections.ConfigDict, spec, state: TrainState,
         tqdm.write(f"resumed from {checkpointer.workdir} at step {step}")
         state = state.replace(step=train_items["step"], opt_state=train_items["opt_state"],
                               **model_items)
-        return jax.device_put(state, jmesh.replicated(mesh)), float(meta.get("best_iou", -1.0))
+        best = meta.get("best_score", meta.get("best_iou", -1.0))  # best_iou: before RainNet
+        return jax.device_put(state, jmesh.replicated(mesh)), float(best)
     if config.init_from:
         variables = ckpt.restore_model(config.init_from, _model_items(state), mesh=mesh,
                                        model_cfg=config.model)
@@ -134,8 +138,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains `config.model` on `config.data`, checkpointing into and resuming from `workdir`.
 
     Validation runs on `config.eval.validation_split` ("val", carved from the training data, by
-    default), is logged as `<split>/ap|f1|iou` and picks the best checkpoint. Returns the last
-    validation results ({} if validation never ran).
+    default), is logged as `<split>/ap|f1|iou` (a harmonizer: `<split>/mse|psnr|fmse`, with a few
+    composite | harmonized | real images in TensorBoard) and picks the best checkpoint by IoU
+    (PSNR). Returns the last validation results ({} if validation never ran).
     """
     os.makedirs(workdir, exist_ok=True)
     mesh = jmesh.make_mesh()
@@ -150,7 +155,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     checkpointer = ckpt.Checkpointer(workdir)
     state = create_train_state(model, tx, init_model_variables(config, model))
     try:
-        state, best_iou = _initial_state(config, spec, state, checkpointer, mesh)
+        state, best = _initial_state(config, spec, state, checkpointer, mesh)
     except BaseException:
         checkpointer.close()
         raise
@@ -160,7 +165,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     eval_step = jax.jit(make_eval_step(spec, config, model.apply))
     # The trivial baselines are printed beside every validation (their scores do not change).
     base = (jbase.mean_training_mask(config.data, config.eval.prior_examples)
-            if config.eval.baselines else None)
+            if config.eval.baselines and spec.task == "localization" else None)
+    selection = metrics.SELECTION_METRIC[spec.task]
 
     start = int(state.step)
     writer = MetricWriter(workdir, resume_step=start)
@@ -208,14 +214,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                  prefix=f"{val_split}/")
                     tqdm.write(f"step {step} ({val_split}): " + format_table(results).replace(
                         "\n", "\n" + " " * (9 + len(str(step)) + len(val_split))))
-                    if scores["iou"] > best_iou:
-                        best_iou = float(scores["iou"])
+                    if spec.task == "harmonization":
+                        writer.write_images(step, {f"{val_split}/{spec.primary_mask}": (
+                            harmonized_samples(config, eval_step, state.variables(), mesh,
+                                               split=val_split, image_name=spec.primary_mask))})
+                    if scores[selection] > best:
+                        best = float(scores[selection])
                         checkpointer.save_best(step, _model_items(state), _meta(
-                            config, step, best_iou, {"val": scores, "val_split": val_split}))
+                            config, step, best, {"val": scores, "val_split": val_split}))
                 if (step % sched.checkpoint_every == 0 or step == sched.total
                         or preemption.requested):
                     checkpointer.save_latest(step, _model_items(state), _train_items(state),
-                                             _meta(config, step, best_iou))
+                                             _meta(config, step, best))
                 if preemption.requested:
                     tqdm.write(f"SIGTERM: saved a checkpoint at step {step}; exiting")
                     break

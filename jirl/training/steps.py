@@ -140,18 +140,24 @@ def compile_step(jitted: Callable, *args) -> Callable:
 
 def make_eval_step(spec: ModelSpec, config: ml_collections.ConfigDict,
                    apply_fn: Callable) -> Callable:
-    """eval_step(variables, batch) -> ({mask name: per-image metrics}, {name: mask or image}).
+    """eval_step(variables, batch) -> ({scored name: per-image metrics}, {name: mask or image}).
 
-    Metrics follow the official protocol (`config.eval.normalize`: per-image min-max
-    normalization before thresholding at 0.5); padded rows (`batch["valid"]` False) are masked.
-    The second dict also holds the model's unscored pictures (`ModelSpec.eval_images`).
+    A localizer's masks are scored by AP / F1 / IoU (`make_localization_eval_step`), a
+    harmonizer's image by MSE / PSNR / fMSE (`make_harmonization_eval_step`). Padded rows
+    (`batch["valid"]` False) are masked.
     """
-
+    if spec.task == "harmonization":
+        return make_harmonization_eval_step(spec, config, apply_fn)
     if spec.task != "localization":
-        raise NotImplementedError(
-            f"{spec.name} is a {spec.task} model: train.py and eval.py score localization (AP, "
-            f"F1, IoU of predicted masks) only so far; its MSE / PSNR / fMSE evaluation is not "
-            f"built yet (issue 14)")
+        raise ValueError(f"{spec.name}: unknown task {spec.task!r}")
+    return make_localization_eval_step(spec, config, apply_fn)
+
+
+def make_localization_eval_step(spec: ModelSpec, config: ml_collections.ConfigDict,
+                                apply_fn: Callable) -> Callable:
+    """The eval step of a localizer: every `spec.eval_masks` mask scored by the official
+    protocol (`config.eval.normalize`: per-image min-max normalization before thresholding at
+    0.5); the second dict also holds the model's unscored pictures (`ModelSpec.eval_images`)."""
     per_iteration = bool(config.eval.get("per_iteration", False))
     if per_iteration and spec.step_masks is None:
         raise ValueError(f"config.eval.per_iteration: {spec.name} has no per-iteration masks "
@@ -169,5 +175,39 @@ def make_eval_step(spec: ModelSpec, config: ml_collections.ConfigDict,
         }
         images = spec.eval_images(outputs) if spec.eval_images is not None else {}
         return per_image, {**masks, **images}
+
+    return eval_step
+
+
+COMPOSITE_BASELINE = "baseline/composite"
+
+
+def make_harmonization_eval_step(spec: ModelSpec, config: ml_collections.ConfigDict,
+                                 apply_fn: Callable) -> Callable:
+    """The eval step of a harmonizer: the model re-renders `spec.harmonization_inputs(batch)`'s
+    composite in its mask, and each `spec.eval_images` image is scored against the real image by
+    `metrics.harmonization_metrics` (`config.eval.quantize`: the official 8-bit truncation). With
+    `config.eval.baselines` the composite itself is scored too, as "baseline/composite" (the
+    do-nothing harmonizer). Images are returned in [0, 1]."""
+    if config.eval.per_iteration:
+        raise ValueError(f"config.eval.per_iteration: {spec.name} is a harmonizer; it has no "
+                         "per-iteration masks")
+    mean = jnp.asarray(config.data.mean, jnp.float32)
+    std = jnp.asarray(config.data.std, jnp.float32)
+    quantize = bool(config.eval.get("quantize", True))
+
+    def eval_step(variables: dict, batch: dict) -> tuple[dict, dict]:
+        comp, mask, real = spec.harmonization_inputs(batch)
+        outputs = apply_fn(variables, comp, train=False, **spec.model_inputs({**batch, "mask": mask}))
+        images = {name: x.astype(jnp.float32) * std + mean
+                  for name, x in spec.eval_images(outputs).items()}
+        real01 = real * std + mean
+        scored = dict(images)
+        if config.eval.baselines:
+            scored[COMPOSITE_BASELINE] = comp * std + mean
+        per_image = {name: metrics.harmonization_metrics(x, real01, mask, quantize=quantize,
+                                                         valid=batch.get("valid"))
+                     for name, x in scored.items()}
+        return per_image, images
 
     return eval_step

@@ -1,4 +1,5 @@
-"""Scalar logging: TensorBoard (tensorboardX) and a JSON-lines file, from process 0 only."""
+"""Logging: scalars to TensorBoard (tensorboardX) and a JSON-lines file, images to TensorBoard,
+from process 0 only."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 from collections.abc import Mapping
 
 import jax
+import numpy as np
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -71,6 +73,14 @@ class MetricWriter:
             self._tb.add_scalar(prefix + name, float(value), int(step))
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
+
+    def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+        """TensorBoard images: {name: [N, H, W, 3] floats in [0, 1]} (not in metrics.jsonl)."""
+        if not self.enabled:
+            return
+        for name, batch in images.items():
+            self._tb.add_images(name, batch, int(step), dataformats="NHWC")
+        self._tb.flush()
 
     def close(self) -> None:
         if self.enabled:
