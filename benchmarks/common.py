@@ -1,9 +1,10 @@
 """Helpers shared by the benchmark scripts and their child processes (no flags, no jax at import).
 
 `config_argv` re-creates a parsed `--config FILE[:variant] --config.key=value` flag for a child
-process; `random_batch` is the fixed benchmark batch (NHWC numpy); `JirlBench` wraps one jirl
-model's jitted train step and inference forward on that batch; `cpu_info` and `peak_rss_gb`
-describe the machine and a process's memory.
+process; `random_batch` is the fixed benchmark batch (NHWC numpy; with `real=True` also the real
+image a harmonizer trains against, `is_harmonizer` says when); `JirlBench` wraps one jirl model's
+jitted train step and inference forward on that batch; `cpu_info` and `peak_rss_gb` describe the
+machine and a process's memory.
 """
 
 from __future__ import annotations
@@ -53,13 +54,29 @@ def config_overrides(flag) -> dict:
             for k, v in config_flags.get_override_values(flag).items()}
 
 
-def random_batch(batch: int, size: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """The benchmark batch: N(0, 1) images [B,S,S,3] (ImageNet-normalized scale) and a rectangle mask."""
+def random_batch(batch: int, size: int, seed: int = 0, real: bool = False) -> dict[str, np.ndarray]:
+    """The benchmark batch: N(0, 1) images [B,S,S,3] (ImageNet-normalized scale) and a rectangle mask.
+
+    `real=True` (a harmonizer's batch, RainNet's): also "real", a second N(0, 1) image drawn after
+    the first from the same generator, so "image" and "mask" are the same as without it. Both
+    images stay N(0, 1) although RainNet's data are in [-1, 1]: the scale changes no amount of
+    work, and both sides of a comparison get the same arrays.
+    """
     rng = np.random.default_rng(seed)
     image = rng.normal(size=(batch, size, size, 3)).astype(np.float32)
     mask = np.zeros((batch, size, size, 1), np.float32)
     mask[:, size // 4:size // 2, size // 3:size // 2] = 1
-    return {"image": image, "mask": mask}
+    out = {"image": image, "mask": mask}
+    if real:
+        out["real"] = rng.normal(size=(batch, size, size, 3)).astype(np.float32)
+    return out
+
+
+def is_harmonizer(config) -> bool:
+    """Whether `config.model` is a harmonization model (its batch needs "real"; imports jirl)."""
+    from jirl.models import resolve_spec
+
+    return resolve_spec(config.model).task == "harmonization"
 
 
 def digest(*arrays: np.ndarray) -> str:
@@ -134,7 +151,11 @@ class JirlBench:
 
     Built as the training loop builds them: the train state replicated over a one-axis mesh, the
     train step jitted with the state donated and compiled ahead of time (then the compiler's freed
-    memory returned to the OS), the inference forward `model.apply(train=False)["mask"]`.
+    memory returned to the OS; a model with `train_phases`, RainNet, runs all its phases, D then
+    G, in one step), the inference forward `model.apply(image, train=False, **model_inputs)`:
+    its "mask" for a localization model, its "harmonized" image for a harmonization model
+    (`spec.task == "harmonization"`, whose batch must carry "real": `random_batch(real=True)`;
+    its mask is a model input, `spec.model_inputs`).
     """
 
     def __init__(self, config, batch: dict[str, np.ndarray]):
@@ -148,20 +169,33 @@ class JirlBench:
 
         self._jax = jax
         spec, model = build_model(config)
+        self.harmonizer = spec.task == "harmonization"
+        # what the train step minimizes: the objective, or each phase's loss in order
+        self.loss_name = ("objective" if not spec.train_phases else "SPEC.train_phases: " + ", then ".join(
+            f"{p.loss.__name__} ({'/'.join(p.groups)})" for p in spec.train_phases))
+        self.keys = keys = ("image", "mask", "real") if self.harmonizer else ("image", "mask")
+        missing = [k for k in keys if k not in batch]
+        if missing:
+            raise ValueError(f"the {spec.name} benchmark batch lacks {missing} (a harmonizer's needs "
+                             "random_batch(..., real=True))")
         mesh = jmesh.make_mesh()
         repl = jmesh.replicated(mesh)
         self.state = jax.device_put(create_train_state(
             model, make_optimizer(config.optimizer, 1000, spec), init_model_variables(config, model)), repl)
-        self.batch = jmesh.put_batch(batch, mesh, keys=("image", "mask"))
+        self.batch = jmesh.put_batch(batch, mesh, keys=keys)
         self.batch_size = int(batch["image"].shape[0])
         self.num_params = int(sum(x.size for x in jax.tree.leaves(self.state.params)))
         self._train_jit = jax.jit(make_train_step(spec, config), donate_argnums=0,
                                   out_shardings=(repl, repl))
-        self._infer_jit = jax.jit(lambda v, x: model.apply(v, x, train=False)["mask"])
+        # the model's inputs beyond the image (a harmonizer's mask), arguments of the forward
+        self.model_inputs = spec.model_inputs(self.batch) if spec.model_inputs is not None else {}
+        output = "harmonized" if self.harmonizer else "mask"
+        self._infer_jit = jax.jit(lambda v, x, inputs: model.apply(v, x, train=False, **inputs)[output])
         self._step = self._infer = None
 
     def input_digest(self) -> str:
-        return digest(np.asarray(self.batch["image"]), np.asarray(self.batch["mask"]))
+        """Digest of image, mask (and real, for a harmonizer), as the official sides compute it."""
+        return digest(*(np.asarray(self.batch[k]) for k in self.keys))
 
     def compile_train(self) -> float:
         """Seconds to compile the train step (ahead of time, as the training loop does)."""
@@ -176,7 +210,8 @@ class JirlBench:
         from jirl.training.steps import compile_step
 
         t0 = time.perf_counter()
-        self._infer = compile_step(self._infer_jit, self.state.variables(), self.batch["image"])
+        self._infer = compile_step(self._infer_jit, self.state.variables(), self.batch["image"],
+                                   self.model_inputs)
         return time.perf_counter() - t0
 
     def train(self, steps: int) -> tuple[float, dict]:
@@ -195,7 +230,7 @@ class JirlBench:
         out = None
         t0 = time.perf_counter()
         for _ in range(batches):
-            out = self._infer(variables, self.batch["image"])
+            out = self._infer(variables, self.batch["image"], self.model_inputs)
         self._jax.block_until_ready(out)
         return time.perf_counter() - t0
 

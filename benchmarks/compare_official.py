@@ -1,8 +1,12 @@
-"""jirl's DIRL next to the official PyTorch DIRL on this machine, in one run; prints one JSON line.
+"""jirl's DIRL, MadisNet or RainNet next to the official PyTorch code on this machine, in one run;
+prints one JSON line.
 
   python benchmarks/compare_official.py --official_dirl ~/src/DIRL-Inharmonious-Region-Localization
   python benchmarks/compare_official.py --official_dirl PATH --config.dtype=bfloat16 --official_amp
   python benchmarks/compare_official.py --official_dirl PATH --batch 2 --size 64 --rounds 1
+  python benchmarks/compare_official.py --config configs/madisnet.py --official_madisnet PATH
+  python benchmarks/compare_official.py --config configs/rainnet.py --official_rainnet ~/src/RainNet \
+      --batch 8 --size 256
 
 PATH is your own clone of bcmi/DIRL-Inharmonious-Region-Localization (nothing of it is part of
 jirl). Its side needs PyTorch, torchvision, scipy and opencv-python (`pip install -e '.[torch]'`
@@ -37,6 +41,24 @@ each request waits `--settle_s` so that the other child's threads are asleep. Th
 images over total timed seconds per side; ratios are jirl / official. The JSON also names the CPU
 (model, cores, avx2 / avx512 / amx extensions), torch and jax versions, and thread settings.
 Both children are alive at once: at 224 px, batch 8 they need about 7 + 11 GB.
+
+MadisNet (`--config configs/madisnet.py --official_madisnet PATH`): see benchmarks/official_madisnet.py.
+
+RainNet (`--config configs/rainnet.py --official_rainnet PATH`, PATH a clone of junleen/RainNet;
+the official side needs only torch): see benchmarks/official_rainnet.py. The official side is
+`RainNetModel` built with scripts/train.sh's options (gan_mode wgangp, normG RAIN, normD instance,
+input_nc 3) and ngf / ndf / norm / dropout / Adam lr and beta1 / loss weights from the jirl config
+(anything else it cannot represent is refused: the quick variants' depths, other Adam betas,
+eps or weight decay, a size that is not a multiple of 256); a train step is its
+`optimize_parameters()` unchanged (forward, D step with the gradient penalty, G step), with
+`networks.cal_gradient_penalty` wrapped at run time to use the inputs' device instead of the
+'cuda' that `backward_D` hard-codes; inference is `netG.processImage(image, mask)` in eval mode
+under no_grad. jirl's side is its two-phase train step (D then G, one Adam each) and the jitted
+`model.apply(image, train=False, mask=mask)["harmonized"]`. The batch also carries the real image
+(`random_batch(real=True)`: a second N(0, 1) image; the composite both sides train on is
+image * mask + real * (1 - mask), as the official dataset makes it); train img/s count each image
+once per full D + G step; "first_loss" compares G's loss. `--official_amp` is refused for RainNet
+(`optimize_parameters` runs forward and backward in one call).
 """
 
 import contextlib
@@ -58,6 +80,7 @@ from common import (
     config_overrides,
     cpu_info,
     digest,
+    is_harmonizer,
     model_config_mismatch,
     peak_rss_gb,
     random_batch,
@@ -67,19 +90,27 @@ from common import (
 from ml_collections import config_flags
 from official_madisnet import REQUIRED_FILES as MADISNET_FILES
 from official_madisnet import OfficialMadisNet, config_problems, official_message, without_download
+from official_rainnet import REQUIRED_FILES as RAINNET_FILES
+from official_rainnet import OfficialRainNet
+from official_rainnet import config_problems as rainnet_config_problems
+from official_rainnet import official_message as rainnet_official_message
+from official_rainnet import size_problem as rainnet_size_problem
 
 config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "jirl's experiment config file[:variant] (a "
-                                "DIRL or MadisNet config); override with --config.key=value.",
+                                "DIRL, MadisNet or RainNet config); override with --config.key=value.",
                                 lock_config=True)
 flags.DEFINE_string("official_dirl", None,
                     "Path of your clone of bcmi/DIRL-Inharmonious-Region-Localization (DIRL configs).")
 flags.DEFINE_string("official_madisnet", None, "Path of your clone of "
                     "bcmi/MadisNet-Inharmonious-Region-Localization (configs/madisnet.py).")
+flags.DEFINE_string("official_rainnet", None, "Path of your clone of junleen/RainNet "
+                    "(configs/rainnet.py).")
 flags.DEFINE_bool("one_at_a_time", False, "Run the two sides one after the other (each warm-up and "
                   "all its rounds, then the other) instead of alternating: only one child is alive "
                   "at a time, for machines without the memory for both.")
-flags.DEFINE_integer("batch", None, "Batch size of both sides (default: the config's, 8).")
-flags.DEFINE_integer("size", None, "Square input size of both sides (default: the config's crop_size, 224).")
+flags.DEFINE_integer("batch", None, "Batch size of both sides (default: the config's; DIRL 8, RainNet 11).")
+flags.DEFINE_integer("size", None, "Square input size of both sides (default: the config's crop_size; "
+                     "DIRL 224, RainNet 256).")
 flags.DEFINE_integer("rounds", 3, "Alternation rounds.")
 flags.DEFINE_integer("steps", 3, "Timed train steps per side and round.")
 flags.DEFINE_integer("infer_steps", 5, "Timed inference batches per side and round.")
@@ -166,15 +197,19 @@ def _official_loss(repo: str, choice: str):
     return fusion, description + (f" (dirl_train not importable: {error})" if error else "")
 
 
-def _official_info(torch, image, mask, params: int, loss: str, optimizer: str, amp: bool) -> dict:
-    """The official side's description: what it runs, on which inputs, with which threads."""
-    import torchvision
+def _official_info(torch, inputs, params: int, loss: str, optimizer: str, amp: bool) -> dict:
+    """The official side's description: what it runs, on which inputs (image, mask and, for a
+    harmonizer, real), with which threads."""
+    try:
+        import torchvision
+    except ImportError:  # RainNet's side does not need it
+        torchvision = None
 
     return {
         "params": params, "loss": loss, "optimizer": optimizer,
         "precision": "bfloat16 autocast (losses float32)" if amp else "float32",
         # of the NCHW tensors the model gets, transposed back to NHWC
-        "input_digest": digest(*(t.permute(0, 2, 3, 1).numpy() for t in (image, mask))),
+        "input_digest": digest(*(t.permute(0, 2, 3, 1).numpy() for t in inputs)),
         "versions": {"torch": torch.__version__,
                      "torchvision": getattr(torchvision, "__version__", None)},
         "threads": {"torch_num_threads": torch.get_num_threads(),
@@ -186,7 +221,8 @@ def _official_info(torch, image, mask, params: int, loss: str, optimizer: str, a
 
 class OfficialSide:
     """The official model on one batch: DIRL (its encoder / decoder, two Adams, dirl_train.py's
-    loss) or MadisNet (`official_madisnet.OfficialMadisNet`)."""
+    loss), MadisNet (`official_madisnet.OfficialMadisNet`) or RainNet
+    (`official_rainnet.OfficialRainNet`)."""
 
     def __init__(self, msg: dict):
         import torch
@@ -195,17 +231,24 @@ class OfficialSide:
             torch.set_num_threads(FLAGS.torch_threads)
         self.torch = torch
         self.amp = msg["amp"]
-        batch = random_batch(msg["batch"], msg["size"], msg["seed_batch"])
-        self.image = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous()
-        self.mask = torch.from_numpy(batch["mask"]).permute(0, 3, 1, 2).contiguous()
+        batch = random_batch(msg["batch"], msg["size"], msg["seed_batch"], real=msg["model"] == "rainnet")
+        nchw = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()  # noqa: E731
+        self.image, self.mask = nchw(batch["image"]), nchw(batch["mask"])
+        # MadisNet's or RainNet's side in its own class (None: DIRL's, built here)
+        self.other = None
         if msg["model"] == "madisnet":
-            self.madisnet = OfficialMadisNet(os.path.abspath(FLAGS.official_madisnet), msg,
+            self.other = OfficialMadisNet(os.path.abspath(FLAGS.official_madisnet), msg,
                                              self.image, self.mask)
-            m = self.madisnet
-            self.info = _official_info(torch, self.image, self.mask, m.params, m.loss_text,
-                                       m.optimizer_text, self.amp)
+            inputs = (self.image, self.mask)
+        elif msg["model"] == "rainnet":
+            real = nchw(batch["real"])
+            self.other = OfficialRainNet(os.path.abspath(FLAGS.official_rainnet), msg,
+                                            self.image, self.mask, real)
+            inputs = (self.image, self.mask, real)
+        if self.other is not None:
+            m = self.other
+            self.info = _official_info(torch, inputs, m.params, m.loss_text, m.optimizer_text, self.amp)
             return
-        self.madisnet = None
         self._build_dirl(msg)
 
     def _build_dirl(self, msg: dict) -> None:
@@ -234,7 +277,7 @@ class OfficialSide:
         self.decoder_opt = torch.optim.Adam(self.decoder.parameters(), **adam)
         self.lambda_detection, self.lambda_attention = msg["lambda_detection"], msg["lambda_attention"]
         params = sum(p.numel() for m in (self.encoder, self.decoder) for p in m.parameters())
-        self.info = _official_info(torch, self.image, self.mask, int(params), loss_source,
+        self.info = _official_info(torch, (self.image, self.mask), int(params), loss_source,
                                    f"2 x torch.optim.Adam({adam})", self.amp)
 
     def _autocast(self):
@@ -243,10 +286,10 @@ class OfficialSide:
         return contextlib.nullcontext()
 
     def train(self, n: int) -> dict:
-        """n train steps of dirl_train.py (mda_mode 'mask') or MadisNet's train.py: seconds and
-        the last step's losses."""
-        if self.madisnet is not None:
-            return self.madisnet.train(n, self._autocast)
+        """n train steps of dirl_train.py (mda_mode 'mask'), MadisNet's train.py or RainNet's
+        optimize_parameters: seconds and the last step's losses."""
+        if self.other is not None:
+            return self.other.train(n, self._autocast)
         self.encoder.train()
         self.decoder.train()
         t0 = time.perf_counter()
@@ -266,9 +309,10 @@ class OfficialSide:
         return {"seconds": time.perf_counter() - t0, "losses": losses}
 
     def infer(self, n: int) -> dict:
-        """n forwards in eval mode under no_grad (dirl_test.py / MadisNet's test.py): seconds."""
-        if self.madisnet is not None:
-            return self.madisnet.infer(n, self._autocast)
+        """n forwards in eval mode under no_grad (dirl_test.py / MadisNet's test.py / RainNet's
+        processImage): seconds."""
+        if self.other is not None:
+            return self.other.infer(n, self._autocast)
         self.encoder.eval()
         self.decoder.eval()
         t0 = time.perf_counter()
@@ -292,6 +336,11 @@ def _torch_parallel_backend(torch):
     return None
 
 
+# the losses a train reply carries (the ones a model logs): DIRL / MadisNet, then RainNet's
+LOGGED_LOSSES = ("loss", "detection", "attention", "ddm", "di", "loss_D", "loss_G", "D_fake", "D_real",
+                 "D_gp", "D_global", "D_local", "G_global", "G_local", "G_GAN", "G_L1")
+
+
 class JirlSide:
     """jirl's train step and inference forward (see `common.JirlBench`) on one batch."""
 
@@ -302,10 +351,12 @@ class JirlSide:
 
         config = FLAGS.config
         config.batch_size, config.data.crop_size = msg["batch"], msg["size"]
-        self.bench = JirlBench(config, random_batch(msg["batch"], msg["size"], msg["seed_batch"]))
+        batch = random_batch(msg["batch"], msg["size"], msg["seed_batch"], real=is_harmonizer(config))
+        self.bench = JirlBench(config, batch)
         self.info = {
             "params": self.bench.num_params, "precision": config.dtype,
-            "loss": f"jirl.models.{config.model.name}.objective (config.loss: {config.loss.to_dict()})",
+            "loss": f"jirl.models.{config.model.name}.{self.bench.loss_name} (config.loss: "
+                    f"{config.loss.to_dict()})",
             "optimizer": f"jirl.training.optim.make_optimizer({config.optimizer.to_dict()})",
             "input_digest": self.bench.input_digest(),
             "versions": {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__},
@@ -321,8 +372,7 @@ class JirlSide:
 
     def train(self, n: int) -> dict:
         seconds, logs = self.bench.train(n)
-        return {"seconds": seconds,
-                "losses": {k: logs[k] for k in ("loss", "detection", "attention", "ddm", "di") if k in logs}}
+        return {"seconds": seconds, "losses": {k: logs[k] for k in LOGGED_LOSSES if k in logs}}
 
     def infer(self, n: int) -> dict:
         return {"seconds": self.bench.infer(n)}
@@ -380,7 +430,10 @@ OFFICIAL_REPOS = {
     "dirl": ("official_dirl", "bcmi/DIRL-Inharmonious-Region-Localization",
              ("model/__init__.py", "model/DIRL.py", "pytorch_ssim/__init__.py", "pytorch_iou/__init__.py")),
     "madisnet": ("official_madisnet", "bcmi/MadisNet-Inharmonious-Region-Localization", MADISNET_FILES),
+    "rainnet": ("official_rainnet", "junleen/RainNet", RAINNET_FILES),
 }
+# official sides that build torchvision models (RainNet's needs torch only)
+NEEDS_TORCHVISION = ("dirl", "madisnet")
 
 
 def check_prerequisites(model: str) -> None:
@@ -395,18 +448,36 @@ def check_prerequisites(model: str) -> None:
         sys.exit(f"compare_official: {repo!r} is not a clone of {name} (missing: {', '.join(missing)}).")
     for module, hint in (("torch", "pip install -e '.[torch]'"),
                          ("torchvision", "pip install the torchvision release that matches your torch")):
+        if module == "torchvision" and model not in NEEDS_TORCHVISION:
+            continue
         if importlib.util.find_spec(module) is None:
             sys.exit(f"compare_official: the official side needs {module} ({hint}).")
 
 
 def check_config(config) -> None:
-    """The jirl config must describe what the official side runs: DIRL (official loss, ResNet34)
-    or MadisNet (official G, iHDRNet, E_dom and loss)."""
+    """The jirl config must describe what the official side runs: DIRL (official loss, ResNet34),
+    MadisNet (official G, iHDRNet, E_dom and loss) or RainNet (official G and D layouts, Adams
+    and gradient penalty; `official_rainnet.config_problems`), at a size the official code runs."""
     from configs import dirl as dirl_config
 
     if config.model.name not in OFFICIAL_REPOS:
         raise app.UsageError(f"--config is a {config.model.name!r} config; the official code compared "
-                             f"is {' or '.join(OFFICIAL_REPOS)}")
+                             f"is {', '.join(OFFICIAL_REPOS)}")
+    if config.model.name == "rainnet":
+        problems = rainnet_config_problems(config, model_config_mismatch)
+        if problems:
+            raise app.UsageError("the official RainNet cannot run this config: " + "; ".join(problems)
+                                 + " (it follows only model.ngf, ndf, norm, dropout, the Adams' "
+                                 "learning rates and beta1, and loss.gp_ratio, lambda_a, lambda_v, "
+                                 "lambda_l1)")
+        problem = rainnet_size_problem(FLAGS.size or int(config.data.crop_size))
+        if problem:
+            raise app.UsageError(problem)
+        if FLAGS.official_amp:
+            raise app.UsageError("--official_amp: the official RainNet step (optimize_parameters) runs "
+                                 "forward and backward in one call; there is no autocast forward to "
+                                 "compare with")
+        return
     if config.model.name == "madisnet":
         problems = config_problems(config, model_config_mismatch)
         if problems:
@@ -438,6 +509,8 @@ def _official_message(config, common_msg: dict) -> dict:
                amp=FLAGS.official_amp)
     if config.model.name == "madisnet":
         return dict(msg, **official_message(config))
+    if config.model.name == "rainnet":
+        return dict(msg, **rainnet_official_message(config))
     return dict(msg, ggd_ch=int(config.model.ggd_ch),
                 lambda_detection=float(config.loss.lambda_detection),
                 lambda_attention=float(config.loss.lambda_attention))

@@ -5,20 +5,30 @@
   python benchmarks/train_step.py --config configs/rsrnet.py --batch 8 --size 224 \\
       --config.model.remat=True --dtypes float32
   python benchmarks/train_step.py --config configs/dirl.py:quick      # the quick variant's setting
+  python benchmarks/train_step.py --model rainnet --batch 8 --size 256 --dtypes float32
+  python benchmarks/train_step.py --model rainnet:quick --batch 2 --size 64 --dtypes float32
 
 The model is the one of `--config FILE[:variant]` (default configs/dirl.py), with
-`--config.key=value` overrides as train.py and eval.py take them. `--batch B` and `--size S` are
-shorthands for `--config.batch_size=B` and `--config.data.crop_size=S`; without them the config's
-values are measured (configs/dirl.py: batch 8, 224 px, the official setting; configs/rsrnet.py:
-batch 32). `--dtypes` sets `config.dtype` per measurement (default float32 and bfloat16, or only
-the `--config.dtype=...` override when one is given).
+`--config.key=value` overrides as train.py and eval.py take them; `--model NAME[:variant]` is
+short for `--config configs/NAME.py[:variant]` (given with `--config`, the config must be a NAME
+model). `--batch B` and `--size S` are shorthands for `--config.batch_size=B` and
+`--config.data.crop_size=S`; without them the config's values are measured (configs/dirl.py:
+batch 8, 224 px, the official setting; configs/rsrnet.py: batch 32; configs/rainnet.py: batch 11,
+256 px). `--dtypes` sets `config.dtype` per measurement (default float32 and bfloat16, or only the
+`--config.dtype=...` override when one is given).
+
+A model trained in phases (RainNet: a discriminator step, then a generator step on the same
+batch) is timed over its whole train step, D and G: its train img/s count each image once per
+step. Its inference is the generator alone (`model.apply(train=False, mask=...)["harmonized"]`),
+and its batch also carries the real image (`common.random_batch(real=True)`); "final_loss" is the
+last phase's loss (RainNet: G's), "final_losses" every loss the step logs.
 
 For each dtype a fresh subprocess (given the same config file and overrides) builds the model,
 compiles the jitted train step ahead of time and the inference forward, times `--steps` train
 steps after one warm-up step and `--infer_steps` forwards, and reports its peak resident memory
 (ru_maxrss), so the figures of one dtype do not leak into the other's. Random inputs: the data
-pipeline is measured by benchmarks/input_pipeline.py; the official PyTorch DIRL by
-benchmarks/compare_official.py.
+pipeline is measured by benchmarks/input_pipeline.py; the official PyTorch DIRL, MadisNet and
+RainNet by benchmarks/compare_official.py.
 """
 
 import json
@@ -27,11 +37,22 @@ import subprocess
 import sys
 
 from absl import app, flags
-from common import DEFAULT_CONFIG, JirlBench, config_argv, config_overrides, peak_rss_gb, random_batch
+from common import (
+    DEFAULT_CONFIG,
+    ROOT,
+    JirlBench,
+    config_argv,
+    config_overrides,
+    is_harmonizer,
+    peak_rss_gb,
+    random_batch,
+)
 from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Experiment config file[:variant]; "
                                 "override with --config.key=value.", lock_config=True)
+flags.DEFINE_string("model", None, "NAME[:variant]: short for --config configs/NAME.py[:variant]; "
+                    "with --config, the config's model must be NAME.")
 flags.DEFINE_integer("batch", None, "Global batch size (= --config.batch_size; default: the config's).")
 flags.DEFINE_integer("size", None, "Square input size (= --config.data.crop_size; default: the config's).")
 flags.DEFINE_integer("steps", 3, "Timed train steps (after compile and one warm-up step).")
@@ -40,6 +61,50 @@ flags.DEFINE_list("dtypes", None, "Compute dtypes to measure (default: float32,b
                   "--config.dtype override).")
 flags.DEFINE_string("child", "", "Internal: measure this dtype in this process.")
 FLAGS = flags.FLAGS
+
+
+def _flag_value(argv: list[str], name: str) -> tuple[bool, str | None]:
+    """(given, value) of `--name=value` / `--name value` in argv (the last one wins, as in absl)."""
+    given, value = False, None
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        if arg.startswith(f"--{name}="):
+            given, value = True, arg.split("=", 1)[1]
+        elif arg == f"--{name}":
+            given, value = True, argv[i + 1] if i + 1 < len(argv) else None
+    return given, value
+
+
+def expand_model_flag(argv: list[str]) -> list[str]:
+    """argv with `--config=configs/NAME.py[:variant]` added for `--model NAME[:variant]` when no
+    `--config` is given (config_flags loads the config file while the flags are parsed, so the
+    file must be named before that). An unknown NAME is an error naming the configs there are."""
+    given_model, model = _flag_value(argv, "model")
+    given_config, _ = _flag_value(argv, "config")
+    if not given_model or given_config or not model:
+        return argv
+    name, sep, variant = model.partition(":")
+    configs = os.path.join(ROOT, "configs")
+    path = os.path.join(configs, f"{name}.py")
+    if not name.isidentifier() or not os.path.isfile(path):
+        known = sorted(f[:-3] for f in os.listdir(configs)
+                       if f.endswith(".py") and f not in ("__init__.py", "default.py"))
+        sys.exit(f"train_step: --model={model!r}: there is no configs/{name}.py; known models: "
+                 f"{', '.join(known)}")
+    return [argv[0], f"--config={path}{sep}{variant}", *argv[1:]]
+
+
+def check_model_flag(config) -> None:
+    """--model and --config must name the same model (and the same variant when --model has one)."""
+    if not FLAGS.model:
+        return
+    name, _, variant = FLAGS.model.partition(":")
+    filename = config_flags.get_config_filename(FLAGS["config"])
+    file_variant = filename.rpartition(":")[2] if ":" in os.path.basename(filename) else ""
+    if config.model.name != name or (variant and variant != file_variant):
+        what = f"a {config.model.name!r} config" + (f", variant {file_variant!r}" if file_variant else "")
+        raise app.UsageError(f"--model={FLAGS.model} disagrees with --config={filename} ({what})")
 
 
 def resolved_config():
@@ -62,7 +127,7 @@ def resolved_config():
 def measure(config, dtype: str) -> dict:
     config.dtype = dtype
     batch_size, size = int(config.batch_size), int(config.data.crop_size)
-    bench = JirlBench(config, random_batch(batch_size, size))
+    bench = JirlBench(config, random_batch(batch_size, size, real=is_harmonizer(config)))
     compile_train = bench.compile_train()
     bench.train(1)  # warm-up
     step_s, logs = bench.train(FLAGS.steps)
@@ -73,13 +138,15 @@ def measure(config, dtype: str) -> dict:
             "train_images_per_sec": batch_size / step_s, "step_seconds": step_s,
             "inference_images_per_sec": batch_size / infer_s,
             "compile_seconds_train": compile_train, "compile_seconds_inference": compile_infer,
-            "peak_rss_gb": peak_rss_gb(), "final_loss": logs["loss"]}
+            "peak_rss_gb": peak_rss_gb(), "final_loss": logs["loss"],
+            "final_losses": {k: v for k, v in logs.items() if "loss" in k}}
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     config = resolved_config()
+    check_model_flag(config)
     if FLAGS.child:
         print(json.dumps(measure(config, FLAGS.child)))
         return 0
@@ -106,4 +173,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, argv=expand_model_flag(sys.argv))
