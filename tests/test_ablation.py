@@ -52,6 +52,38 @@ def test_bar_chart_draws_the_primary_masks(tmp_path):
     assert not os.path.exists(path + ".tmp.png")
 
 
+def _write_jsonl(path, records):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+
+
+def test_harmonizers_get_per_epoch_scores_a_leader_per_epoch_and_two_curve_panels(tmp_path):
+    """metrics.jsonl's validation records become per-epoch rows (epochs from the training
+    records' step / epoch), the leader by PSNR per epoch, and curves.png has MSE and PSNR."""
+    for variant, psnr in (("quick_in", (20.0, 22.0, 25.0)), ("quick", (21.0, 21.5, 26.0))):
+        records = [{"step": 5, "loss": 1.0, "epoch": 0.5}]
+        for epoch, p in enumerate(psnr, 1):
+            records += [{"step": 10 * epoch, "loss": 1.0, "epoch": float(epoch)},
+                        {"step": 10 * epoch, "test/mse": 100.0 / epoch, "test/psnr": p,
+                         "test/fmse": 300.0 / epoch, "test/fg_ratio": 0.1}]
+        _write_jsonl(tmp_path / variant / "metrics.jsonl", records)
+    curves = {v: ablation.epoch_scores(str(tmp_path / v)) for v in ("quick_in", "quick")}
+    assert sorted(curves["quick"]) == [1.0, 2.0, 3.0]
+    assert curves["quick"][2.0] == {"mse": 50.0, "psnr": 21.5, "fmse": 150.0}
+    rows = ablation.epoch_table(curves, ablation.TASK_METRICS["harmonization"], "psnr").splitlines()
+    assert rows[0].startswith("| epoch | quick_in MSE | quick MSE | quick_in PSNR | quick PSNR")
+    assert [r.split(" | ")[-1].rstrip(" |") for r in rows[2:]] == ["quick", "quick_in", "quick"]
+    path = str(tmp_path / "curves.png")
+    assert ablation.curve_chart(curves, ablation.CURVE_PANELS["harmonization"], path)
+    assert np.asarray(Image.open(path)).shape[:2] == (350, 900)
+    fake = {v: {"model": "rainnet", "task": "harmonization", "results": {"harmonized": {"all": {
+        "mse": 40.0, "psnr": 36.0, "fmse": 400.0, "fg_ratio": 0.1, "count": 8}}}} for v in curves}
+    assert ablation.table(fake).splitlines()[0].split(" | ")[2:5] == [
+        "harmonized MSE", "harmonized PSNR", "harmonized fMSE"]
+    assert ablation.bar_chart(fake, str(tmp_path / "chart.png"))
+
+
 def test_ablation_trains_evaluates_resumes_and_tabulates(tmp_path):
     workdir = tmp_path / "ablation"
     tiny = ["--config.model.stem_features=4", "--config.model.stage_features=(4,4,8,8,8)",
