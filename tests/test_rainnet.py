@@ -429,9 +429,10 @@ def test_train_py_runs_the_adversarial_steps_resumes_exactly_on_two_devices_and_
         tmp_path):
     """train.py rainnet on 2 devices: 4 steps straight, and 2 steps then a resumed run to 4,
     log the same D and G losses bit for bit (both networks, both Adams and the spectral-norm
-    buffers are checkpointed); validation logs PSNR and writes harmonized images to TensorBoard
-    and keeps the best checkpoint by PSNR; eval.py writes MSE / PSNR / fMSE per subset and
-    foreground-ratio bin to eval.json, and the harmonized PNGs."""
+    buffers are checkpointed); validation (the quick variants score the test split) logs PSNR,
+    writes harmonized images to TensorBoard and keeps the best checkpoint by PSNR; eval.py
+    writes MSE / PSNR / fMSE per subset and foreground-ratio bin to eval.json, and the
+    harmonized PNGs."""
     from jirl_testing import run, subprocess_env
 
     from jirl.training import checkpoints as ckpt
@@ -447,14 +448,14 @@ def test_train_py_runs_the_adversarial_steps_resumes_exactly_on_two_devices_and_
         for key in ("loss_D", "D_gp", "loss_G", "G_L1", "loss", "grad_norm_d", "grad_norm_g"):
             assert a[step][key] == b[step][key], (step, key)
     with open(tmp_path / "a" / "metrics.jsonl") as f:
-        val = [json.loads(line) for line in f if "val/psnr" in line]
-    assert [r["step"] for r in val] == [2, 4] and all(r["val/psnr"] > 5 for r in val)
+        val = [json.loads(line) for line in f if "test/psnr" in line]  # quick: the test split
+    assert [r["step"] for r in val] == [2, 4] and all(r["test/psnr"] > 5 for r in val)
     events = b"".join(p.read_bytes() for p in (tmp_path / "a" / "tensorboard").iterdir())
-    assert b"val/harmonized" in events
+    assert b"test/harmonized" in events
     (best_dir,) = (tmp_path / "a" / "best").iterdir()
     best = ckpt.read_meta(str(best_dir))
-    assert best["best_score"] == max(r["val/psnr"] for r in val) == best["val"]["psnr"]
-    assert int(best_dir.name) == max(val, key=lambda r: r["val/psnr"])["step"]
+    assert best["best_score"] == max(r["test/psnr"] for r in val) == best["val"]["psnr"]
+    assert int(best_dir.name) == max(val, key=lambda r: r["test/psnr"])["step"]
     proc = run(["eval.py", *common, "--workdir", str(tmp_path / "eval"), "--checkpoint",
                 str(tmp_path / "a" / "checkpoints" / "4"), "--save_images"], env)
     result = json.loads((tmp_path / "eval" / "eval.json").read_text())
