@@ -341,6 +341,30 @@ def test_conv_transpose_equals_the_zero_dilated_conv_with_gradients(height, widt
     chex.assert_trees_all_close(grads[0], grads[1], atol=1e-4)
 
 
+@pytest.mark.parametrize("size, k, stride, padding, dilation",
+                         [(9, 3, 2, 0, 1), (10, 3, 2, 1, 1), (16, 7, 2, 3, 1), (13, 3, 3, 1, 1),
+                          (12, 3, 2, 2, 2)])
+def test_strided_conv_gradients_to_second_order_equal_xlas(size, k, stride, padding, dilation):
+    """conv2d's CPU backward (tap-wise kernel gradient; for strides > 1 the input gradient as a
+    matmul + overlap-add) against XLA's own differentiation of the conv, to second order (the
+    kernel gradient of the input gradient's norm, as a gradient penalty takes it)."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(2, size, size - 1, 3)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(k, k, 3, 4)), jnp.float32)
+
+    def first(conv):
+        return jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w, stride, padding, dilation))),
+                        argnums=(0, 1))
+
+    def second(conv):
+        return jax.grad(lambda w: jnp.sum(first(conv)(x, w)[0] ** 2))
+
+    chex.assert_trees_all_close(first(layers.conv2d)(x, kernel), first(layers._conv)(x, kernel),
+                                atol=1e-5)
+    ours, xla = second(layers.conv2d)(kernel), second(layers._conv)(kernel)
+    chex.assert_trees_all_close(ours, xla, atol=2e-5 * float(jnp.max(jnp.abs(xla))))
+
+
 def test_importing_jirl_selects_the_memory_minimizing_cpu_scheduler():
     import os
 
