@@ -1,11 +1,19 @@
 """Shared test helpers (pytest fixtures)."""
 
+import os
 from collections.abc import Callable
 
-import chex
-import jax
-import numpy as np
-import pytest
+# Tests compile many small programs and run each a few times: XLA:CPU's cheaper backend
+# optimization halves the suite's wall time (the same flags jirl_testing gives subprocesses).
+# Set before JAX creates its CPU backend; a caller's own XLA_FLAGS are kept.
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0",
+     "--xla_llvm_disable_expensive_passes=true"]).strip()
+
+import chex  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 # Numeric comparisons against float32 references assume float32 matrix products: on GPUs XLA
 # otherwise uses TF32 (10 mantissa bits) for float32 convolutions and dots. No effect on CPU.
