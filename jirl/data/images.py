@@ -128,14 +128,10 @@ def _sixteen_to_eight(array: np.ndarray) -> np.ndarray:
     return ((array * 255 + 32767) // 65535).astype(np.uint8)
 
 
-def load_rgb(path: epath.PathLike) -> LoadedImage:
-    """An image as uint8 [H, W, 3], upright, converting grey/RGBA/palette/16-bit/CMYK; else BadImageError.
-
-    ``original`` holds the file's bytes only for a JPEG/PNG that needed no conversion at all.
-    """
-    decoded = _open(path)
-    image, mode, wide = decoded.image, decoded.image.mode, decoded.wide
-    conversions = list(decoded.conversions)
+def _rgb_array(image: Image.Image, wide: bool = False) -> tuple[np.ndarray, list[str]]:
+    """An upright PIL image as uint8 [H, W, 3] and the conversions that took (see module doc)."""
+    mode = image.mode
+    conversions = []
     if mode == "RGB":
         array = np.asarray(image, dtype=np.uint8)
         if wide:
@@ -159,10 +155,55 @@ def load_rgb(path: epath.PathLike) -> LoadedImage:
         conversions.append(f"{mode}->RGB")
     else:
         raise BadImageError(f"unsupported image mode {mode!r}")
+    return np.ascontiguousarray(array), conversions
+
+
+def load_rgb(path: epath.PathLike) -> LoadedImage:
+    """An image as uint8 [H, W, 3], upright, converting grey/RGBA/palette/16-bit/CMYK; else BadImageError.
+
+    ``original`` holds the file's bytes only for a JPEG/PNG that needed no conversion at all.
+    """
+    decoded = _open(path)
+    array, converted = _rgb_array(decoded.image, decoded.wide)
+    conversions = [*decoded.conversions, *converted]
     stored_as_is = not conversions and decoded.file_format in ("JPEG", "PNG")
     if not conversions and not stored_as_is:
         conversions.append(f"{decoded.file_format}->PNG")
-    return LoadedImage(np.ascontiguousarray(array), conversions, decoded.data if stored_as_is else None)
+    return LoadedImage(array, conversions, decoded.data if stored_as_is else None)
+
+
+def as_rgb(image) -> np.ndarray:
+    """A photo given as a path, a PIL image or an array, as uint8 [H, W, 3] (inference's input).
+
+    Paths and PIL images follow ``load_rgb``'s rules (EXIF orientation, grey/RGBA/palette/16-bit
+    converted). Arrays: uint8 or uint16 (scaled to 8 bits), or floats in [0, 1]; [H, W] grey,
+    [H, W, 1|3|4] (alpha dropped). Anything else raises BadImageError naming what it got.
+    """
+    if isinstance(image, str | os.PathLike | epath.Path):
+        return load_rgb(image).array
+    if isinstance(image, Image.Image):
+        if _orientation(image) in range(2, 9):
+            image = ImageOps.exif_transpose(image)
+        return _rgb_array(image)[0]
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4) or 0 in array.shape:
+        raise BadImageError(f"expected an [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] image, got "
+                            f"shape {array.shape}")
+    if array.dtype == np.uint16:
+        array = _sixteen_to_eight(array)
+    elif np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
+            raise BadImageError("a float image must hold finite values in [0, 1]")
+        array = np.rint(array * 255.0).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise BadImageError(f"unsupported image dtype {array.dtype} (use uint8, uint16 or floats "
+                            "in [0, 1])")
+    array = array[..., :3]
+    if array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
+    return np.ascontiguousarray(array)
 
 
 def load_mask(path: epath.PathLike, size: tuple[int, int] | None = None) -> LoadedImage:

@@ -259,15 +259,6 @@ def load_source(data_cfg, split: str) -> Sequence[dict]:
     return IndexView(base.source, indices, name=split)
 
 
-def _augment_config(data_cfg) -> transforms.AugmentConfig:
-    return transforms.AugmentConfig(
-        crop_size=int(data_cfg["crop_size"]),
-        mean=tuple(float(v) for v in data_cfg["mean"]),
-        std=tuple(float(v) for v in data_cfg["std"]),
-        preprocess=str(data_cfg["preprocess"]),
-    )
-
-
 def _check_process(batch_size: int, process_index: int, process_count: int) -> None:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -445,7 +436,7 @@ def train_batches(
         batch_size=batch_size,
         process_index=process_index,
         process_count=process_count,
-        aug=_augment_config(data_cfg),
+        aug=transforms.AugmentConfig.from_data_config(data_cfg),
     )
     slots = grain.MapDataset.range(start_step * batch_size, _ENDLESS_STEPS * batch_size)
     dataset = slots.map(example_fn).batch(batch_size, drop_remainder=True, batch_fn=_collate)
@@ -481,7 +472,7 @@ def eval_batches(
         batch_size=batch_size,
         process_index=process_index,
         process_count=process_count,
-        aug=_augment_config(data_cfg),
+        aug=transforms.AugmentConfig.from_data_config(data_cfg),
     )
     slots = grain.MapDataset.range(0, num_batches * batch_size)
     dataset = slots.map(example_fn).batch(batch_size, drop_remainder=True, batch_fn=_collate)

@@ -41,6 +41,14 @@ class AugmentConfig:
         if self.preprocess not in PREPROCESS:
             raise ValueError(f"data.preprocess={self.preprocess!r}; use one of {PREPROCESS}")
 
+    @classmethod
+    def from_data_config(cls, data_cfg) -> AugmentConfig:
+        """The settings of `config.data` (crop_size, mean, std, preprocess); defaults elsewhere."""
+        return cls(crop_size=int(data_cfg["crop_size"]),
+                   mean=tuple(float(v) for v in data_cfg["mean"]),
+                   std=tuple(float(v) for v in data_cfg["std"]),
+                   preprocess=str(data_cfg["preprocess"]))
+
 
 PREPROCESS = ("crop", "resize")
 
@@ -144,14 +152,39 @@ def _output(images: np.ndarray, mask: np.ndarray, record: dict, cfg: AugmentConf
     }
 
 
-def _pil_resize(pixels: np.ndarray, size: int, mode: str | None = None) -> np.ndarray:
+def _pil_resize(pixels: np.ndarray, size: int | tuple[int, int], mode: str | None = None
+                ) -> np.ndarray:
     """A uint8 [H, W, C] image (C = 1: a mask) through PIL: optionally converted to `mode`, then
-    resized to size x size with PIL's bilinear filter (mode "1": PIL's nearest); [size, size, C]."""
+    resized to `size` (side, or (height, width)) with PIL's bilinear filter (mode "1": PIL's
+    nearest); [height, width, C]."""
+    height, width = (size, size) if isinstance(size, int) else size
     image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
     if mode is not None:
         image = image.convert(mode)
-    out = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
-    return out.reshape(size, size, -1)
+    out = np.asarray(image.resize((width, height), Image.Resampling.BILINEAR))
+    return out.reshape(height, width, -1)
+
+
+def model_pixels(image: np.ndarray, height: int, width: int, cfg: AugmentConfig) -> np.ndarray:
+    """A uint8 [H, W, 3] photo as the model sees it at `height` x `width`: resized as evaluation
+    resizes it (`cfg.preprocess`: "crop" OpenCV-style bilinear rounded to uint8 levels, "resize"
+    PIL's antialiased bilinear) and normalized; float32 [height, width, 3]. Inference's input."""
+    image = np.asarray(image, np.uint8)
+    if cfg.preprocess == "resize":
+        pixels = _pil_resize(image, (height, width)).astype(np.float32)
+    else:
+        pixels = np.rint(resize_bilinear(image, height, width))
+    return _normalize_(np.array(pixels, np.float32), cfg)
+
+
+def model_mask(mask: np.ndarray, height: int, width: int, cfg: AugmentConfig) -> np.ndarray:
+    """A bool [H, W] mask resized for a model's mask input as evaluation resizes masks
+    (`cfg.preprocess`: "crop" bilinear > 0.5, "resize" PIL mode "1" nearest); float32 [h, w, 1]."""
+    mask_u8 = np.where(np.asarray(mask, bool), np.uint8(255), np.uint8(0))[..., None]
+    if cfg.preprocess == "resize":
+        return (_pil_resize(mask_u8, (height, width), mode="1") > 0).astype(np.float32)
+    return (resize_bilinear(mask_u8.astype(np.float32) / 255.0, height, width) > 0.5
+            ).astype(np.float32)
 
 
 def resize_transform(record: dict, cfg: AugmentConfig) -> dict:
