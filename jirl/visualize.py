@@ -57,9 +57,53 @@ def contact_sheet(rows: Sequence[Sequence[np.ndarray]], gap: int = 2, scale: int
     return sheet
 
 
+def save_image(path: str, image: np.ndarray, image_format: str | None = None,
+               quality: int = 95) -> None:
+    """Writes a uint8 [H, W(, 3)] image atomically (a temporary file, then a rename). Format:
+    `image_format` ("png" | "jpeg"), else from the extension (.jpg / .jpeg: JPEG at `quality`
+    without chroma subsampling), else PNG."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if image_format is None:
+        image_format = "jpeg" if os.path.splitext(path)[1].lower() in (".jpg", ".jpeg") else "png"
+    tmp = path + ".tmp"
+    if image_format == "jpeg":
+        Image.fromarray(image).save(tmp, format="JPEG", quality=quality, subsampling=0)
+    else:
+        Image.fromarray(image).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
 def save_png(path: str, image: np.ndarray) -> None:
     """Writes a uint8 image as PNG atomically (a temporary file, then a rename)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    save_image(path, image, image_format="png")
+
+
+def _erode(mask: np.ndarray, steps: int) -> np.ndarray:
+    """Binary erosion of a bool [H, W] mask by a 3 x 3 cross, `steps` times (outside is False)."""
+    m = mask.copy()
+    for _ in range(steps):
+        inner = m.copy()
+        inner[1:] &= m[:-1]
+        inner[:-1] &= m[1:]
+        inner[:, 1:] &= m[:, :-1]
+        inner[:, :-1] &= m[:, 1:]
+        inner[[0, -1], :] = False
+        inner[:, [0, -1]] = False
+        m = inner
+    return m
+
+
+def overlay(photo: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (255, 40, 40),
+            alpha: float = 0.4, outline: int | None = None) -> np.ndarray:
+    """A uint8 [H, W, 3] photo with the bool [H, W] region tinted by `color` (weight `alpha`) and
+    outlined in it (`outline` pixels wide; default ~1/300 of the shorter side, at least 1)."""
+    photo = np.asarray(photo, np.uint8)
+    mask = np.asarray(mask, bool)
+    if mask.shape != photo.shape[:2]:
+        raise ValueError(f"mask {mask.shape} and photo {photo.shape[:2]} differ in size")
+    width = outline if outline is not None else max(1, round(min(mask.shape) / 300))
+    tint = np.asarray(color, np.float32)
+    out = photo.astype(np.float32)
+    out[mask] = (1 - alpha) * out[mask] + alpha * tint
+    out[mask & ~_erode(mask, width)] = tint
+    return np.rint(out).astype(np.uint8)

@@ -1,0 +1,340 @@
+"""Inference on photos at their own resolution, from any jirl or converted checkpoint.
+
+`Localizer` answers "where is the inharmonious region?" with a probability map the size of the
+photo; `Harmonizer` re-renders a region (found by a localizer, or drawn by a user) and leaves the
+rest of the photo byte-identical. Both read the model and its whole config from the checkpoint's
+meta, run on every local device, and compile once per input shape (`compilations`).
+
+The localizer's resolution policies (`resize`):
+
+* ``"train"`` (default): the photo resized to the size the model was trained at
+  (`config.data.crop_size`) exactly as eval.py resizes, and the map resized back to the photo
+  bilinearly. This is the official evaluation's path and libcom's `InharmoniousLocalizationModel`.
+* ``"native"``: the photo at its own resolution, reflect-padded up to a bucket size (`bucket_side`:
+  multiples of 32, then a geometric ladder, so that a folder of mixed sizes compiles a bounded
+  number of programs), and the map cropped back. For models that tolerate a change of scale.
+* ``"long_side"``: resized so that its longer side is `long_side` pixels, then as ``"native"``,
+  and the map resized back to the photo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from jirl.data import images as jimages
+from jirl.data import transforms
+from jirl.metrics import norm_pred
+from jirl.models import build_model, init_model_variables
+from jirl.training import checkpoints as ckpt
+from jirl.training import mesh as jmesh
+
+POLICIES = ("train", "native", "long_side")
+SIZE_MULTIPLE = 32  # every localizer's encoder downsamples by 32 (ResNet34 stages, UNet downs)
+THRESHOLD = 0.5  # the official protocol's threshold, after per-image normalization
+
+
+def bucket_side(n: int, multiple: int = SIZE_MULTIPLE, exact_steps: int = 8,
+                growth: float = 1.25) -> int:
+    """The smallest ladder size >= `n`: multiples of `multiple` up to `exact_steps` of them, then
+    each size at least `growth` times the previous one (rounded up to `multiple`). A side of 4,000
+    pixels has 20 sizes below it, so padding costs at most ~25 % per side."""
+    if n < 1:
+        raise ValueError(f"a side must be >= 1 pixel, got {n}")
+    size = multiple
+    while size < n:
+        size = size + multiple if size < exact_steps * multiple else \
+            int(math.ceil(size * growth / multiple) * multiple)
+    return size
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How one photo of `photo` (height, width) is run: resized to `run`, padded to `padded`."""
+
+    photo: tuple[int, int]
+    run: tuple[int, int]
+    padded: tuple[int, int]
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A restored checkpoint: its config, the ModelSpec, the flax module and its variables."""
+
+    config: ml_collections.ConfigDict
+    spec: Any
+    model: Any
+    variables: dict
+    checkpoint: str  # the step directory
+    meta: dict
+
+
+def load_checkpoint(path: str, *, config: ml_collections.ConfigDict | None = None,
+                    dtype: str | None = None) -> LoadedModel:
+    """Restores the checkpoint at `path` (a step directory, a checkpoint directory or a train.py
+    workdir, whose best checkpoint is preferred) on every local device.
+
+    The model and its config come from the checkpoint's meta, which train.py and
+    `python -m jirl.convert` write; `config` replaces it for a checkpoint without one. `dtype`
+    ("float32" | "bfloat16") overrides the compute dtype it was trained with.
+    """
+    step_dir = ckpt.resolve_checkpoint(path)
+    meta = ckpt.read_meta(step_dir)
+    if config is None:
+        if not meta.get("config"):
+            raise ckpt.CheckpointError(
+                f"checkpoint {step_dir} records no config in its meta; pass the config it was "
+                "trained with (config=..., or --config on the command line)")
+        config = ml_collections.ConfigDict(meta["config"])
+    config = ml_collections.ConfigDict(config.to_dict())  # a private, unlocked copy
+    if dtype is not None:
+        config.dtype = dtype
+    spec, model = build_model(config)
+    target = jax.eval_shape(lambda: init_model_variables(config, model))
+    mesh = jmesh.make_mesh(jax.local_devices())
+    variables = ckpt.restore_model(step_dir, target, mesh=mesh, model_cfg=config.model)
+    return LoadedModel(config, spec, model, variables, step_dir, meta)
+
+
+class _Runner:
+    """A model call sharded over the local devices' batch axis, compiled once per input shape."""
+
+    def __init__(self, loaded: LoadedModel, fn: Callable):
+        self.variables = loaded.variables
+        self.mesh = jmesh.make_mesh(jax.local_devices())
+        self._fn = jax.jit(fn)
+        self._compiled: dict[tuple, Any] = {}
+        self.compile_seconds = 0.0
+
+    @property
+    def compilations(self) -> int:
+        """How many programs have been compiled (one per distinct batch shape)."""
+        return len(self._compiled)
+
+    def __call__(self, *arrays: np.ndarray) -> dict:
+        n = arrays[0].shape[0]
+        devices = self.mesh.devices.size
+        rows = -(-n // devices) * devices
+        arrays = tuple(np.pad(a, [(0, rows - n)] + [(0, 0)] * (a.ndim - 1)) for a in arrays)
+        key = tuple((a.shape, a.dtype.str) for a in arrays)
+        sharding = NamedSharding(self.mesh, PartitionSpec(jmesh.DATA_AXIS))
+        placed = tuple(jax.device_put(a, sharding) for a in arrays)
+        if key not in self._compiled:
+            start = time.perf_counter()
+            self._compiled[key] = self._fn.lower(self.variables, *placed).compile()
+            self.compile_seconds += time.perf_counter() - start
+        outputs = jax.device_get(self._compiled[key](self.variables, *placed))
+        return {k: np.asarray(v)[:n] for k, v in outputs.items()}
+
+
+def _resize_map(x: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A float [h, w, C] map resized bilinearly (OpenCV INTER_LINEAR) to [height, width, C]."""
+    return transforms.resize_bilinear(np.asarray(x, np.float32), height, width)
+
+
+def _pad_reflect(x: np.ndarray, height: int, width: int) -> np.ndarray:
+    """[h, w, C] padded at the bottom and right to [height, width, C] by reflection (a side of one
+    pixel, which has nothing to reflect, by repetition)."""
+    h, w = x.shape[:2]
+    pads = [(0, height - h), (0, width - w), (0, 0)]
+    return np.pad(x, pads, mode="reflect" if min(h, w) > 1 else "edge")
+
+
+class Localizer:
+    """A localizer checkpoint as a function: photo -> float32 probability mask [H, W] of the
+    inharmonious region, at the photo's own size (see the module doc for `resize`).
+
+        loc = jirl.Localizer.from_checkpoint("runs/dirl_quick")
+        mask = loc("photo.jpg")              # also a PIL image or an [H, W, 3] array
+        masks = loc([a, b, c])               # same-size photos, one batch: [3, H, W]
+    """
+
+    def __init__(self, loaded: LoadedModel, *, resize: str = "train", long_side: int | None = None):
+        spec, config = loaded.spec, loaded.config
+        if spec.task != "localization":
+            raise ValueError(f"{config.model.name} is a {spec.task} model, not a localizer: use "
+                             "jirl.Harmonizer (predict.py --harmonizer)")
+        if resize not in POLICIES:
+            raise ValueError(f"resize={resize!r}; use one of {POLICIES}")
+        if (resize == "long_side") != (long_side is not None):
+            raise ValueError("long_side=N goes with resize='long_side' (and only with it)")
+        if long_side is not None and long_side < SIZE_MULTIPLE:
+            raise ValueError(f"long_side must be >= {SIZE_MULTIPLE}, got {long_side}")
+        self.loaded, self.resize, self.long_side = loaded, resize, long_side
+        self.augment = transforms.AugmentConfig.from_data_config(config.data)
+        self.mean = np.asarray(config.data.mean, np.float32)
+        self.std = np.asarray(config.data.std, np.float32)
+        self._runner = _Runner(loaded, self._forward)
+
+    @classmethod
+    def from_checkpoint(cls, path: str, *, resize: str = "train", long_side: int | None = None,
+                        config: ml_collections.ConfigDict | None = None,
+                        dtype: str | None = None) -> Localizer:
+        """The localizer of a checkpoint (`load_checkpoint`: model and config from its meta)."""
+        return cls(load_checkpoint(path, config=config, dtype=dtype), resize=resize,
+                   long_side=long_side)
+
+    @property
+    def name(self) -> str:
+        return self.loaded.config.model.name
+
+    @property
+    def train_size(self) -> int:
+        """The side of the square images the model was trained at."""
+        return int(self.loaded.config.data.crop_size)
+
+    @property
+    def compilations(self) -> int:
+        return self._runner.compilations
+
+    def _forward(self, variables: dict, x: jax.Array) -> dict:
+        spec = self.loaded.spec
+        outputs = self.loaded.model.apply(variables, x, train=False)
+        mask = spec.eval_masks(outputs)[spec.primary_mask]
+        result = {"mask": mask[..., 0].astype(jnp.float32)}
+        extra = spec.eval_images(outputs) if spec.eval_images is not None else {}
+        result.update({k: v.astype(jnp.float32) * self.std + self.mean for k, v in extra.items()})
+        return result
+
+    def plan(self, height: int, width: int) -> Plan:
+        """The sizes a photo of height x width is run at under this localizer's policy."""
+        if self.resize == "train":
+            side = self.train_size
+            return Plan((height, width), (side, side), (side, side))
+        if self.resize == "long_side":
+            scale = self.long_side / max(height, width)
+            run = (max(1, round(height * scale)), max(1, round(width * scale)))
+        else:
+            run = (height, width)
+        return Plan((height, width), run, (bucket_side(run[0]), bucket_side(run[1])))
+
+    def prepare(self, photo: np.ndarray) -> tuple[Plan, np.ndarray]:
+        """(plan, model input float32 [h, w, 3]) of a uint8 [H, W, 3] photo."""
+        plan = self.plan(*photo.shape[:2])
+        x = transforms.model_pixels(photo, *plan.run, self.augment)
+        return plan, _pad_reflect(x, *plan.padded)
+
+    def run(self, inputs: np.ndarray) -> dict:
+        """The model on a batch of prepared inputs [B, h, w, 3] of one shape: {"mask": [B, h, w]
+        probabilities, and the model's pictures (MadisNet's "retouched" I') [B, h, w, 3] in [0, 1]}."""
+        return self._runner(np.asarray(inputs, np.float32))
+
+    @staticmethod
+    def finish(output: np.ndarray, plan: Plan) -> np.ndarray:
+        """A model-size map [h, w(, C)] back at the photo's size: cropped to the unpadded part,
+        resized bilinearly when the photo was resized, clipped to [0, 1]."""
+        out = np.asarray(output, np.float32)
+        squeeze = out.ndim == 2
+        out = out[: plan.run[0], : plan.run[1], None] if squeeze else out[: plan.run[0], : plan.run[1]]
+        if plan.run != plan.photo:
+            out = _resize_map(out, *plan.photo)
+        out = np.clip(out, 0.0, 1.0)
+        return out[..., 0] if squeeze else out
+
+    def predict(self, photos: Sequence[np.ndarray]) -> list[dict]:
+        """uint8 photos of one size -> one dict each: "mask" [H, W] and the model's pictures
+        [H, W, 3], all at the photo's size."""
+        prepared = [self.prepare(p) for p in photos]
+        outputs = self.run(np.stack([x for _, x in prepared]))
+        return [{k: self.finish(v[i], plan) for k, v in outputs.items()}
+                for i, (plan, _) in enumerate(prepared)]
+
+    def __call__(self, image) -> np.ndarray:
+        """A photo (path, PIL image, array) -> float32 [H, W]; a list of same-size photos ->
+        [N, H, W]."""
+        if isinstance(image, list | tuple):
+            photos = [jimages.as_rgb(i) for i in image]
+            if len({p.shape for p in photos}) > 1:
+                raise ValueError("a list of photos is one batch: they must have the same size "
+                                 f"(got {sorted({p.shape[:2] for p in photos})}); call once per size")
+            return np.stack([r["mask"] for r in self.predict(photos)])
+        return self.predict([jimages.as_rgb(image)])[0]["mask"]
+
+
+def binary_mask(probability: np.ndarray, normalize: bool = True) -> np.ndarray:
+    """The official protocol's binary mask: per-image min-max normalization (`normalize`), then
+    > 0.5."""
+    p = np.asarray(probability, np.float32)
+    if normalize:
+        p = np.asarray(norm_pred(p[None]))[0]
+    return p > THRESHOLD
+
+
+def as_mask(mask, size: tuple[int, int]) -> np.ndarray:
+    """A user's mask (path, PIL image, bool / uint8 / float [0, 1] array) as bool [H, W] at the
+    photo's `size`: files are binarized at half range and resized nearest when their size
+    differs; arrays must already have the photo's size."""
+    if isinstance(mask, str) or hasattr(mask, "__fspath__"):
+        return jimages.load_mask(mask, size=size).array[..., 0] > 0
+    if hasattr(mask, "mode"):  # a PIL image
+        mask = np.asarray(mask.convert("L"))
+    m = np.asarray(mask)
+    if m.ndim == 3 and m.shape[-1] == 1:
+        m = m[..., 0]
+    if m.shape != tuple(size):
+        raise ValueError(f"the mask is {m.shape}, the photo {tuple(size)}: they must match")
+    if m.dtype == bool:
+        return m
+    return m > (127 if m.dtype == np.uint8 else 0.5)
+
+
+class Harmonizer:
+    """A harmonizer checkpoint (RainNet) as a function: (photo, mask) -> uint8 [H, W, 3].
+
+    The region is re-rendered at the size the harmonizer was trained at, and the correction
+    (harmonized - input, at that size) is resized bilinearly to the photo and added inside the
+    mask: the photo's detail survives and every pixel outside the mask is the input's.
+    """
+
+    def __init__(self, loaded: LoadedModel):
+        spec = loaded.spec
+        if spec.task != "harmonization":
+            raise ValueError(f"{loaded.config.model.name} is a {spec.task} model, not a "
+                             "harmonizer: use jirl.Localizer (predict.py --checkpoint)")
+        self.loaded = loaded
+        self.augment = transforms.AugmentConfig.from_data_config(loaded.config.data)
+        self.mean = np.asarray(loaded.config.data.mean, np.float32)
+        self.std = np.asarray(loaded.config.data.std, np.float32)
+        self._runner = _Runner(loaded, self._forward)
+
+    @classmethod
+    def from_checkpoint(cls, path: str, *, config: ml_collections.ConfigDict | None = None,
+                        dtype: str | None = None) -> Harmonizer:
+        return cls(load_checkpoint(path, config=config, dtype=dtype))
+
+    @property
+    def name(self) -> str:
+        return self.loaded.config.model.name
+
+    @property
+    def compilations(self) -> int:
+        return self._runner.compilations
+
+    def _forward(self, variables: dict, x: jax.Array, mask: jax.Array) -> dict:
+        spec = self.loaded.spec
+        outputs = self.loaded.model.apply(variables, x, train=False,
+                                          **spec.model_inputs({"mask": mask}))
+        harmonized = spec.eval_images(outputs)[spec.primary_mask].astype(jnp.float32)
+        return {"correction": (harmonized - x) * self.std}  # in [0, 1] units
+
+    def __call__(self, image, mask) -> np.ndarray:
+        photo = jimages.as_rgb(image)
+        region = as_mask(mask, photo.shape[:2])
+        if not region.any():
+            return photo
+        side = int(self.loaded.config.data.crop_size)
+        x = transforms.model_pixels(photo, side, side, self.augment)
+        m = transforms.model_mask(region, side, side, self.augment)
+        correction = self._runner(x[None], m[None])["correction"][0]
+        full = _resize_map(correction, *photo.shape[:2])
+        harmonized = np.rint(np.clip(photo / 255.0 + full, 0.0, 1.0) * 255.0).astype(np.uint8)
+        return np.where(region[..., None], harmonized, photo)
