@@ -24,3 +24,13 @@ def _set_xla_flags() -> None:
 
 
 _set_xla_flags()
+
+
+def __getattr__(name: str):
+    """`jirl.Localizer` and `jirl.Harmonizer` (jirl.inference), imported on first use so that
+    `import jirl` stays light."""
+    if name in ("Localizer", "Harmonizer"):
+        from jirl import inference
+
+        return getattr(inference, name)
+    raise AttributeError(f"module 'jirl' has no attribute {name!r}")

@@ -26,6 +26,10 @@ FORBIDDEN = {
         "jirl.training.optim",
         "jirl.data",
     ),
+    # inference restores checkpoints and places arrays, but never reaches the training loop
+    "jirl.inference": ("jirl.training.loop", "jirl.training.steps", "jirl.training.state",
+                       "jirl.training.optim", "jirl.training.evaluate", "jirl.predict"),
+    "jirl.training": ("jirl.inference", "jirl.predict", "jirl.ablation"),
 }
 
 

@@ -65,14 +65,38 @@ def test_twenty_steps_lower_the_loss(twenty_steps):
         assert any("val/iou" in json.loads(line) for line in f)
 
 
+def _tensorboard_values(directory: str) -> list:
+    """(step, Summary.Value) of every summary in the event files of `directory` (TFRecords)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    values = []
+    for name in sorted(os.listdir(directory)):
+        with open(os.path.join(directory, name), "rb") as f:
+            data = f.read()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+            pos += 12 + length + 4
+            values += [(event.step, v) for v in event.summary.value]
+    return values
+
+
 def test_run_writes_logs_and_checkpoints(twenty_steps):
-    _, workdir, _ = twenty_steps
+    config, workdir, _ = twenty_steps
     records = _records(workdir)
     assert {"step", "loss", "lr", "epoch", "images_per_sec"} <= set(records[0])
     assert [r["step"] for r in records if "val/iou" in r] == [10, 20]
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20"]
     assert os.listdir(os.path.join(workdir, "best"))
-    assert os.listdir(os.path.join(workdir, "tensorboard"))
+    # each validation also logs (composite | ground truth | prediction) triplets as TB images
+    shots = [(step, v.image) for step, v in _tensorboard_values(os.path.join(workdir, "tensorboard"))
+             if v.tag.startswith("val/mask") and v.HasField("image")]
+    assert sorted({step for step, _ in shots}) == [10, 20]
+    size = config.data.crop_size
+    assert {(im.height, im.width) for _, im in shots} == {(size, 3 * size)}
 
 
 def test_rerun_resumes_from_the_latest_checkpoint(twenty_steps):

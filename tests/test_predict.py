@@ -167,6 +167,9 @@ def test_inputs_of_every_kind_give_the_same_mask(localizer, tmp_path):
 
 
 def test_checkpoint_errors_name_the_fix(dirl, rainnet, tmp_path):
+    import jirl
+
+    assert jirl.Localizer is inference.Localizer and jirl.Harmonizer is inference.Harmonizer
     with pytest.raises(ValueError, match="harmonization model, not a localizer"):
         inference.Localizer.from_checkpoint(rainnet[0])
     with pytest.raises(ValueError, match="localization model, not a harmonizer"):

@@ -153,30 +153,35 @@ COLUMN_TITLES = {"ap": "AP", "f1": "F1", "iou": "IoU", "mse": "MSE", "psnr": "PS
                  "fmse": "fMSE", "fg_ratio": "fg ratio"}
 
 
-def harmonized_samples(
+def sample_triplets(
     config: ml_collections.ConfigDict,
     eval_step: Callable,
     variables: dict,
     mesh: jax.sharding.Mesh,
     *,
     split: str,
-    image_name: str,
+    output_name: str,
     count: int = 4,
 ) -> np.ndarray:
     """[n, H, 3 W, 3] images in [0, 1] of the first `count` examples of `split` (n <= count, this
-    process's rows): composite | the harmonizer's `image_name` output | real image, for
-    TensorBoard. Every process must call it (the eval step is a collective)."""
+    process's rows), for TensorBoard: a localizer's composite | ground-truth mask | predicted
+    mask `output_name`, a harmonizer's composite | harmonized `output_name` | real image. Every
+    process must call it (the eval step is a collective)."""
     local_batch = config.eval.batch_size // jax.process_count()
     batch = next(iter(jdata.eval_batches(
         config.data, split, batch_size=local_batch, process_index=jax.process_index(),
         process_count=jax.process_count())))
-    _, images = eval_step(variables, jmesh.put_batch(batch, mesh))
-    output = _local_rows(images[image_name], mesh)
+    _, outputs = eval_step(variables, jmesh.put_batch(batch, mesh))
+    output = _local_rows(outputs[output_name], mesh)
     mean = np.asarray(config.data.mean, np.float32)
     std = np.asarray(config.data.std, np.float32)
+    composite = batch["image"] * std + mean
+    if output.shape[-1] == 1:  # a mask: shown beside the ground truth
+        middle, right = np.repeat(batch["mask"], 3, -1), np.repeat(output, 3, -1)
+    else:
+        middle, right = output, batch["real"] * std + mean
     rows = np.flatnonzero(batch["valid"])[:count]
-    return np.stack([np.concatenate([batch["image"][i] * std + mean, output[i],
-                                     batch["real"][i] * std + mean], axis=1).clip(0, 1)
+    return np.stack([np.concatenate([composite[i], middle[i], right[i]], axis=1).clip(0, 1)
                      for i in rows])
 
 

@@ -19,7 +19,7 @@ from jirl.models import build_model, init_model_variables
 from jirl.training import baselines as jbase
 from jirl.training import checkpoints as ckpt
 from jirl.training import mesh as jmesh
-from jirl.training.evaluate import evaluate, format_table, harmonized_samples
+from jirl.training.evaluate import evaluate, format_table, sample_triplets
 from jirl.training.optim import lr_schedule, make_optimizer
 from jirl.training.state import TrainState, create_train_state
 from jirl.training.steps import compile_step, make_eval_step, make_train_step
@@ -214,10 +214,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                  prefix=f"{val_split}/")
                     tqdm.write(f"step {step} ({val_split}): " + format_table(results).replace(
                         "\n", "\n" + " " * (9 + len(str(step)) + len(val_split))))
-                    if spec.task == "harmonization":
-                        writer.write_images(step, {f"{val_split}/{spec.primary_mask}": (
-                            harmonized_samples(config, eval_step, state.variables(), mesh,
-                                               split=val_split, image_name=spec.primary_mask))})
+                    writer.write_images(step, {f"{val_split}/{spec.primary_mask}": (
+                        sample_triplets(config, eval_step, state.variables(), mesh,
+                                        split=val_split, output_name=spec.primary_mask))})
                     if scores[selection] > best:
                         best = float(scores[selection])
                         checkpointer.save_best(step, _model_items(state), _meta(
