@@ -420,8 +420,11 @@ def test_eval_resize_matches_direct_transform(data_cfg):
     batch = next(data.eval_batches(data_cfg, "test", batch_size=1))
     mask = transforms.resize_bilinear(record["mask"] / 255.0, CROP, CROP) > 0.5
     np.testing.assert_array_equal(batch["mask"][0], mask.astype(np.float32))
-    image = np.rint(transforms.resize_bilinear(record["composite"], CROP, CROP))
-    np.testing.assert_allclose(batch["image"][0], (image / 255 - MEAN) / STD, atol=1e-5)
+    # the official test path: cv2.resize's uint8 bytes, then ToTensor + Normalize in float32
+    cv2 = pytest.importorskip("cv2")
+    image = cv2.resize(np.asarray(record["composite"]), (CROP, CROP)).astype(np.float32)
+    expected = (image / np.float32(255) - np.float32(MEAN)) / np.float32(STD)
+    np.testing.assert_array_equal(batch["image"][0], expected)
 
 
 def test_multiprocess_workers_match_in_process(data_cfg):
@@ -459,14 +462,23 @@ def test_resize_bilinear_matches_opencv(shape, size):
     ours = transforms.resize_bilinear(image if image.ndim == 3 else image[..., None], height, width)
     chex.assert_shape(ours, (height, width, shape[2] if len(shape) == 3 else 1))
     chex.assert_trees_all_close(ours.reshape(expected.shape), expected, atol=1e-5 * 255, rtol=1e-5)
-    # uint8, as the transforms resize photos: our float result rounded vs cv2's uint8 resize. cv2
-    # interpolates uint8 in fixed point (11-bit weights, rounded), so it may differ by one level.
+    # uint8, as the transforms resize photos: cv2 interpolates uint8 in fixed point (11-bit
+    # weights, its SIMD rounding); resize_u8 gives the same bytes
     pixels = np.random.default_rng(len(shape)).integers(0, 256, shape, dtype=np.uint8)
-    expected = cv2.resize(pixels, (width, height), interpolation=cv2.INTER_LINEAR).astype(np.int32)
-    ours = np.rint(
-        transforms.resize_bilinear(pixels if pixels.ndim == 3 else pixels[..., None], height, width)
-    )
-    assert np.abs(ours.reshape(expected.shape).astype(np.int32) - expected).max() <= 1
+    expected = cv2.resize(pixels, (width, height), interpolation=cv2.INTER_LINEAR)
+    ours = transforms.resize_u8(pixels if pixels.ndim == 3 else pixels[..., None], height, width)
+    np.testing.assert_array_equal(ours.reshape(expected.shape), expected)
+
+
+@pytest.mark.parametrize("size", [(180, 300, 256, 256), (500, 333, 224, 224), (37, 53, 224, 224),
+                                  (1, 5, 32, 32), (3000, 2000, 224, 224), (64, 64, 32, 48)])
+def test_resize_u8_is_bit_exact_with_opencv(size):
+    """Photos to model sizes and back up, the sizes inference and the official test path meet."""
+    cv2 = pytest.importorskip("cv2")
+    h, w, height, width = size
+    pixels = np.random.default_rng(h * w).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(transforms.resize_u8(pixels, height, width),
+                                  cv2.resize(pixels, (width, height)))
 
 
 def test_resize_bilinear_same_size_is_identity():

@@ -7,7 +7,8 @@ then ``HorizontalFlip(p=0.5)`` to composite, real and mask, with the mask resize
 foreground pixels, except that each draw is accepted outright with probability 0.05
 (``check_augmented_sample``; here the re-draws are capped). Evaluation resizes to crop x crop.
 Resizing is OpenCV ``INTER_LINEAR`` (half-pixel centres, no antialiasing, edge clamping) on
-uint8 images; ``resize_bilinear`` reproduces it in numpy.
+uint8 images; ``resize_u8`` reproduces it bit for bit in numpy (``resize_bilinear``: the same
+in floating point, for masks and maps).
 
 ``preprocess="resize"`` is RainNet's instead (``--preprocess none`` in its train.sh, and its
 ``Iharmony4Dataset`` for training and testing alike): the whole image resized to crop x crop by
@@ -84,6 +85,51 @@ def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return out
 
 
+def _fixed_point_taps(src: int, dst: int, clamp: bool) -> tuple[np.ndarray, ...]:
+    """OpenCV's INTER_LINEAR taps for 8-bit images along one axis: source indices and weights
+    rounded to 11 bits (they sum to 2048), computed in float32 as OpenCV does. `clamp`: the
+    horizontal axis's rule (a tap left of the first pixel gets weight 0); vertically OpenCV keeps
+    the fraction and clamps only the row indices."""
+    f = ((np.arange(dst) + 0.5) * (src / dst) - 0.5).astype(np.float32)
+    i = np.floor(f).astype(np.int64)
+    f = (f - i.astype(np.float32)).astype(np.float32)
+    if clamp:
+        f = np.where((i < 0) | (i >= src - 1), np.float32(0), f)
+        i = np.clip(i, 0, src - 1)
+    w0 = np.rint((np.float32(1) - f) * np.float32(2048)).astype(np.int32)
+    return np.clip(i, 0, src - 1), np.clip(i + 1, 0, src - 1), w0, 2048 - w0
+
+
+def resize_u8(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of a uint8 [H, W, C] image to uint8 [height, width, C], bit-exact with
+    ``cv2.resize(image, (width, height))`` (INTER_LINEAR's fixed-point path: 11-bit weights, the
+    vertical pass's SIMD rounding), which the official DIRL / MadisNet / libcom code resizes with."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"resize_u8 takes uint8 images, got {image.dtype}")
+    if image.shape[:2] == (height, width):
+        return image.copy()
+    y0, y1, b0, b1 = _fixed_point_taps(image.shape[0], height, clamp=False)
+    x0, x1, a0, a1 = _fixed_point_taps(image.shape[1], width, clamp=True)
+    rows = image.astype(np.int32)
+    rows = rows[:, x0] * a0[None, :, None] + rows[:, x1] * a1[None, :, None]
+    rows >>= 4
+    out = (b0[:, None, None] * rows[y0]) >> 16
+    out += (b1[:, None, None] * rows[y1]) >> 16
+    out += 2
+    out >>= 2
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def resize_pixels(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """An image resized as the official code's cv2.resize does: uint8 bit-exactly (`resize_u8`),
+    other dtypes bilinearly and rounded to 8-bit levels; float32 [height, width, C]."""
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        return resize_u8(image, height, width).astype(np.float32)
+    return np.rint(resize_bilinear(image, height, width))
+
+
 def random_resized_crop_box(
     rng: np.random.Generator,
     height: int,
@@ -113,11 +159,13 @@ def random_resized_crop_box(
 
 
 def _normalize_(pixels: np.ndarray, cfg: AugmentConfig) -> np.ndarray:
-    """In place: (x / 255 - mean) / std on [..., 3k] float32 pixels (ToTensor + Normalize)."""
-    std = np.asarray(cfg.std, np.float32)
+    """In place: (x / 255 - mean) / std on [..., 3k] float32 pixels, in torchvision's order of
+    float32 operations (ToTensor's division, then Normalize's subtraction and division), so that
+    the model sees the official code's input bit for bit."""
     reps = pixels.shape[-1] // 3
-    pixels *= np.tile(1.0 / (255.0 * std), reps)
-    pixels -= np.tile(np.asarray(cfg.mean, np.float32) / std, reps)
+    pixels /= np.float32(255)
+    pixels -= np.tile(np.asarray(cfg.mean, np.float32), reps)
+    pixels /= np.tile(np.asarray(cfg.std, np.float32), reps)
     return pixels
 
 
@@ -173,7 +221,7 @@ def model_pixels(image: np.ndarray, height: int, width: int, cfg: AugmentConfig)
     if cfg.preprocess == "resize":
         pixels = _pil_resize(image, (height, width)).astype(np.float32)
     else:
-        pixels = np.rint(resize_bilinear(image, height, width))
+        pixels = resize_pixels(image, height, width)
     return _normalize_(np.array(pixels, np.float32), cfg)
 
 
@@ -213,7 +261,7 @@ def train_transform(record: dict, rng: np.random.Generator, cfg: AugmentConfig) 
         if keep_any or int(crop_mask.sum()) > cfg.min_foreground_pixels:
             break
     box = (slice(y0, y0 + h), slice(x0, x0 + w))
-    crop_images = resize_bilinear(np.concatenate([composite[box], real[box]], -1), size, size)
+    crop_images = resize_pixels(np.concatenate([composite[box], real[box]], -1), size, size)
     if flip:
         crop_images, crop_mask = crop_images[:, ::-1], crop_mask[:, ::-1]
     return _output(crop_images, crop_mask, record, cfg)
@@ -235,7 +283,7 @@ def eval_transform(record: dict, cfg: AugmentConfig) -> dict:
         return resize_transform(record, cfg)
     composite, real, mask_u8 = _arrays(record)
     size = cfg.crop_size
-    crop_images = resize_bilinear(np.concatenate([composite, real], -1), size, size)
+    crop_images = resize_pixels(np.concatenate([composite, real], -1), size, size)
     return _output(crop_images, eval_mask(mask_u8, size), record, cfg)
 
 
