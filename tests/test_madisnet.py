@@ -370,9 +370,39 @@ def test_matches_the_official_forward_pass(localizer):
             np.testing.assert_array_equal(fx[f"libcom/eval/mask/{tag}"], fx[f"dirl/eval/masks/{tag}"][0])
 
 
+def _localizer_matches_libcom(checkpoint: str, tmp_path) -> None:
+    """The photo read from a PNG, resized to 256 x 256 and normalized: libcom's input bit for bit
+    (OpenCV's bytes, torchvision's float32 arithmetic); from it jirl's float64 model gives libcom's
+    float64 mask to 1e-9, and the float32 Localizer libcom's float32 mask within the float32 noise
+    of the random-weight network itself on this photo (libcom's own float32 and float64 masks
+    differ by 1.6e-3 here); the mask comes back at the photo's size."""
+    import cv2
+    from PIL import Image
+
+    from jirl.inference import Localizer
+
+    with np.load(os.path.join(FIXTURES, "libcom_predict.npz")) as f:
+        photo, libcom32, libcom64 = f["photo"], f["mask"], f["mask64"]
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    loc = Localizer.from_checkpoint(checkpoint)
+    plan, x = loc.prepare(np.asarray(Image.open(tmp_path / "photo.png")))
+    mean, std = np.float32([0.485, 0.456, 0.406]), np.float32([0.229, 0.224, 0.225])
+    libcom_input = (cv2.resize(photo, (256, 256)).astype(np.float32) / np.float32(255) - mean) / std
+    np.testing.assert_array_equal(x, libcom_input)
+    at_256 = loc.run(x[None])["mask"][0][::4, ::4]
+    np.testing.assert_allclose(at_256, libcom32, atol=2e-3, rtol=0)
+    with jax.enable_x64(True):
+        model = loc.loaded.spec.build(loc.loaded.config.model, dtype=jnp.float64)
+        v64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), loc.loaded.variables)
+        mask64 = jax.jit(lambda v, x: model.apply(v, x)["mask"])(v64, jnp.asarray(x, jnp.float64)[None])
+        np.testing.assert_allclose(np.asarray(mask64)[0, ::4, ::4, 0], libcom64, atol=1e-9, rtol=0)
+    chex.assert_shape(loc(str(tmp_path / "photo.png")), (180, 300))
+
+
 def test_convert_cli_reads_libcom_files_into_a_checkpoint_eval_accepts(tmp_path):
     """libcom's `Inharmonious_G.pth` + `IHDRNet.pth` ({'state_dict': ...}, torch.save) ->
-    `python -m jirl.convert madisnet` -> the checkpoint restores and gives the official masks."""
+    `python -m jirl.convert madisnet` -> the checkpoint restores and gives the official masks,
+    and `jirl.Localizer` on it reproduces libcom's `InharmoniousLocalizationModel` on a photo."""
     torch = pytest.importorskip("torch", reason="the optional extra jirl[torch] is not installed")
     from configs import madisnet as madisnet_config
     from jirl.convert.__main__ import convert as convert_cli
@@ -396,6 +426,9 @@ def test_convert_cli_reads_libcom_files_into_a_checkpoint_eval_accepts(tmp_path)
     x = (synthetic_tensor("input/48x80", (2 * 48 * 80 * 3,)) * np.float32(10)).reshape(2, 48, 80, 3)
     mask = jax.jit(lambda v, x: model.apply(v, x)["mask"])(variables, jnp.asarray(x))
     np.testing.assert_allclose(np.asarray(mask)[:, ::2, ::2], fx["dirl/eval/masks/48x80"][0], atol=MASK_ATOL)
+    # jirl.Localizer on that checkpoint (model and config from its meta, resize="train") is
+    # libcom's InharmoniousLocalizationModel on a 180 x 300 photo (tests/fixtures/README.md)
+    _localizer_matches_libcom(out, tmp_path)
     # a MadisNet(UNet) g file under the DIRL config: one clear message
     with pytest.raises(ConversionError, match="not in DIRLNet's encoder or decoder.*madisnet.py:unet"):
         convert.localizer_variables({"in_conv.0.weight": np.zeros(1)}, {}, "dirl")
