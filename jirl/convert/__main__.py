@@ -24,6 +24,7 @@ import sys
 from collections.abc import Callable
 
 import jax
+import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -79,7 +80,12 @@ def convert(model: str, files: dict[str, str], out: str, config) -> str:
     if os.path.exists(out) and os.listdir(out):
         raise ConversionError(f"--out {out} exists and is not empty; choose a new directory")
     _, module = build_model(config)
-    target = jax.device_get(init_model_variables(config, module))
+    if any(k in OPTIONAL and k not in files for k in SOURCES[model]):
+        # a part left out keeps its initialization (e.g. a discriminator to train from scratch)
+        target = jax.device_get(init_model_variables(config, module))
+    else:  # every parameter comes from the files (the loaders check it): shapes are enough
+        shapes = jax.eval_shape(lambda: init_model_variables(config, module))
+        target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
     localizer = config.model.localizer.name if model == "madisnet" else ""
     variables = _loader(model, files, localizer)(target)
     meta = {"model": model, "source": {k: os.path.abspath(v) for k, v in files.items()},
