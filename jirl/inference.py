@@ -196,6 +196,10 @@ class Localizer:
     def compilations(self) -> int:
         return self._runner.compilations
 
+    @property
+    def compile_seconds(self) -> float:
+        return self._runner.compile_seconds
+
     def _forward(self, variables: dict, x: jax.Array) -> dict:
         spec = self.loaded.spec
         outputs = self.loaded.model.apply(variables, x, train=False)

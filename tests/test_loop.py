@@ -96,7 +96,8 @@ def test_run_writes_logs_and_checkpoints(twenty_steps):
              if v.tag.startswith("val/mask") and v.HasField("image")]
     assert sorted({step for step, _ in shots}) == [10, 20]
     size = config.data.crop_size
-    assert {(im.height, im.width) for _, im in shots} == {(size, 3 * size)}
+    # tensorboardX tiles a batch of triplets side by side
+    assert all(im.height == size and im.width % (3 * size) == 0 for _, im in shots)
 
 
 def test_rerun_resumes_from_the_latest_checkpoint(twenty_steps):
