@@ -18,6 +18,7 @@ import dataclasses
 import glob
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 
@@ -142,7 +143,7 @@ class Predictor:
             pixels = jimages.load_rgb(photo.path).array
             user_mask = self._user_mask(photo, pixels.shape[:2]) if self.mask_spec else None
         except (jimages.BadImageError, ValueError) as e:
-            tqdm.write(f"skipped {photo.path}: {e}")
+            tqdm.write(f"skipped {photo.path}: {e}", file=sys.stderr)
             self.summary.skipped.append((photo.path, str(e)))
             self._bar.update(1)
             return None

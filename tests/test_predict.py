@@ -36,7 +36,7 @@ def _rainnet_config():
     return c
 
 
-def _checkpoint(directory, config, with_config=True, seed=0):
+def _checkpoint(directory, config, with_config=True, seed=0, drop_data_keys=()):
     _, model = build_model(config)
     variables = jax.device_get(init_model_variables(config, model, seed=seed))
     if config.model.name == "dirl":  # random BN statistics: a mask that varies over the image
@@ -46,6 +46,8 @@ def _checkpoint(directory, config, with_config=True, seed=0):
     meta = {"model": config.model.name}
     if with_config:
         meta["config"] = json.loads(config.to_json_best_effort())
+        for key in drop_data_keys:  # a checkpoint from before the key existed
+            del meta["config"]["data"][key]
     return write_model_checkpoint(str(directory), variables, meta), model, variables
 
 
@@ -178,6 +180,10 @@ def test_checkpoint_errors_name_the_fix(dirl, rainnet, tmp_path):
     with pytest.raises(CheckpointError, match="records no config"):
         inference.Localizer.from_checkpoint(path)
     assert inference.Localizer.from_checkpoint(path, config=_dirl_config()).train_size == 32
+    # a checkpoint saved before data.preprocess existed is read as the "crop" preprocessing
+    path, _, _ = _checkpoint(tmp_path / "old", _dirl_config(), drop_data_keys=("preprocess",))
+    old = inference.Localizer.from_checkpoint(path)
+    assert old.augment.preprocess == "crop" and old(_photo(20, 30)).shape == (20, 30)
     with pytest.raises(ValueError, match="long_side"):
         inference.Localizer.from_checkpoint(dirl[0], resize="native", long_side=64)
 
@@ -253,7 +259,7 @@ def test_predictor_writes_every_output_at_the_photos_size_and_skips_bad_files(lo
     summary = Predictor(str(out), localizer=localizer, harmonizer=harmonizer, batch_size=2,
                         image_format="png").run(photos, progress=False)
     assert summary.written == 7 and [os.path.basename(f) for f, _ in summary.skipped] == ["broken.jpg"]
-    assert "skipped" in capsys.readouterr().out
+    assert "skipped" in capsys.readouterr().err
     records = {r["name"]: r for r in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())}
     assert set(records) == set(expected)
     for name, (h, w) in expected.items():

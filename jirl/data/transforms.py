@@ -44,11 +44,12 @@ class AugmentConfig:
 
     @classmethod
     def from_data_config(cls, data_cfg) -> AugmentConfig:
-        """The settings of `config.data` (crop_size, mean, std, preprocess); defaults elsewhere."""
+        """The settings of `config.data` (crop_size, mean, std, preprocess); defaults elsewhere.
+        A config saved before `preprocess` existed (an older checkpoint's) means "crop"."""
         return cls(crop_size=int(data_cfg["crop_size"]),
                    mean=tuple(float(v) for v in data_cfg["mean"]),
                    std=tuple(float(v) for v in data_cfg["std"]),
-                   preprocess=str(data_cfg["preprocess"]))
+                   preprocess=str(data_cfg.get("preprocess", "crop")))
 
 
 PREPROCESS = ("crop", "resize")
