@@ -4,6 +4,8 @@ prints one JSON line.
   python benchmarks/compare_official.py --official_dirl ~/src/DIRL-Inharmonious-Region-Localization
   python benchmarks/compare_official.py --official_dirl PATH --config.dtype=bfloat16 --official_amp
   python benchmarks/compare_official.py --official_dirl PATH --batch 2 --size 64 --rounds 1
+  python benchmarks/compare_official.py --official_dirl PATH --inference_only \
+      --precisions float32,bfloat16 --batch 1        # predict's speed: four sides alternating
   python benchmarks/compare_official.py --config configs/madisnet.py --official_madisnet PATH
   python benchmarks/compare_official.py --config configs/rainnet.py --official_rainnet ~/src/RainNet \
       --batch 8 --size 256
@@ -116,6 +118,12 @@ flags.DEFINE_integer("steps", 3, "Timed train steps per side and round.")
 flags.DEFINE_integer("infer_steps", 5, "Timed inference batches per side and round.")
 flags.DEFINE_integer("warmup", 1, "Untimed steps (train and inference) per side after the first one.")
 flags.DEFINE_bool("official_amp", False, "Official side: forward under torch.autocast('cpu', bfloat16).")
+flags.DEFINE_bool("inference_only", False, "Time only the inference forward (no train steps): what "
+                  "predict.py runs.")
+flags.DEFINE_list("precisions", [], "Run a pair of sides per precision, all alternating in one run: "
+                  "float32 (jirl config.dtype=float32, official float32) and/or bfloat16 (jirl "
+                  "config.dtype=bfloat16, official forward under torch.autocast('cpu', bfloat16)). "
+                  "Default: one pair, as --config.dtype and --official_amp say.")
 flags.DEFINE_enum("official_loss", "auto", ["auto", "dirl_train", "composed"],
                   "Official loss: dirl_train = import multi_bce_loss_fusion from the repo's dirl_train.py "
                   "(needs its training dependencies: tensorboardX, albumentations, ...); composed = the "
@@ -388,12 +396,12 @@ class ChildError(RuntimeError):
 
 
 class Child:
-    """A persistent child process serving one side."""
+    """A persistent child process serving one side (`role`: "official" or "jirl")."""
 
-    def __init__(self, name: str, args: list[str]):
+    def __init__(self, name: str, role: str, args: list[str]):
         self.name = name
         self.stderr = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), f"--child={name}", *args],
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), f"--child={role}", *args],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
                                      text=True, bufsize=1)
 
@@ -516,17 +524,18 @@ def _official_message(config, common_msg: dict) -> dict:
                 lambda_attention=float(config.loss.lambda_attention))
 
 
-def _warm_up(name: str, side: Child) -> dict:
+def _warm_up(role: str, side: Child) -> dict:
     """Compile (jirl), the first train step (its losses at random weights), `--warmup` more steps,
-    and the same for inference; outside the timings."""
+    and the same for inference (only inference with --inference_only); outside the timings."""
     w = {}
-    if name == "jirl":
-        w["compile_train_seconds"] = side.request("compile_train")["seconds"]
-    first = side.request("train", 1)
-    w["first_train_step_seconds"], w["first_losses"] = first["seconds"], first["losses"]
-    if FLAGS.warmup:
-        w["last_warmup_losses"] = side.request("train", FLAGS.warmup)["losses"]
-    if name == "jirl":
+    if not FLAGS.inference_only:
+        if role == "jirl":
+            w["compile_train_seconds"] = side.request("compile_train")["seconds"]
+        first = side.request("train", 1)
+        w["first_train_step_seconds"], w["first_losses"] = first["seconds"], first["losses"]
+        if FLAGS.warmup:
+            w["last_warmup_losses"] = side.request("train", FLAGS.warmup)["losses"]
+    if role == "jirl":
         w["compile_inference_seconds"] = side.request("compile_infer")["seconds"]
     w["first_inference_seconds"] = side.request("infer", 1)["seconds"]
     if FLAGS.warmup:
@@ -540,21 +549,28 @@ def run_comparison(config) -> dict:
     size = FLAGS.size or int(config.data.crop_size)
     common_msg = {"batch": batch, "size": size, "seed": int(config.seed), "seed_batch": FLAGS.seed}
     flag = OFFICIAL_REPOS[config.model.name][0]
-    starts = {
-        "official": (["--" + flag + "=" + FLAGS[flag].value, f"--official_loss={FLAGS.official_loss}",
-                      f"--torch_threads={FLAGS.torch_threads}"], _official_message(config, common_msg)),
-        "jirl": (config_argv(FLAGS["config"]), common_msg),
-    }
+    official_args = ["--" + flag + "=" + FLAGS[flag].value, f"--official_loss={FLAGS.official_loss}",
+                     f"--torch_threads={FLAGS.torch_threads}"]
+    starts = {}  # side name -> (role, child argv, setup message)
+    for precision in side_precisions():
+        suffix = f"/{precision}" if precision else ""
+        amp = FLAGS.official_amp if precision is None else precision == "bfloat16"
+        dtype = [f"--config.dtype={precision}"] if precision else []
+        starts["official" + suffix] = ("official", official_args,
+                                       dict(_official_message(config, common_msg), amp=amp))
+        starts["jirl" + suffix] = ("jirl", config_argv(FLAGS["config"]) + dtype, common_msg)
     sides, setup, warm, final = {}, {}, {}, {}
     timed = {name: {"train": [], "infer": []} for name in starts}
+    phases = (("infer", FLAGS.infer_steps),) if FLAGS.inference_only else (
+        ("train", FLAGS.steps), ("infer", FLAGS.infer_steps))
 
     def start(name: str) -> None:
-        args, msg = starts[name]
-        sides[name] = Child(name, args)
+        role, args, msg = starts[name]
+        sides[name] = Child(name, role, args)
         setup[name] = sides[name].request("setup", **msg)
 
     def timed_round(names: list[str]) -> None:
-        for phase, n in (("train", FLAGS.steps), ("infer", FLAGS.infer_steps)):
+        for phase, n in phases:
             for name in names:
                 time.sleep(FLAGS.settle_s)
                 reply = sides[name].request(phase, n)
@@ -564,7 +580,7 @@ def run_comparison(config) -> dict:
         if FLAGS.one_at_a_time:  # each side whole, then the other: one child alive at a time
             for name in starts:
                 start(name)
-                warm[name] = _warm_up(name, sides[name])
+                warm[name] = _warm_up(starts[name][0], sides[name])
                 for _ in range(FLAGS.rounds):
                     timed_round([name])
                 final[name] = sides[name].request("stats")
@@ -573,15 +589,17 @@ def run_comparison(config) -> dict:
             for name in starts:  # one after the other, so that neither's start-up competes
                 start(name)
             for name, side in sides.items():
-                warm[name] = _warm_up(name, side)
-            for r in range(FLAGS.rounds):  # the side that goes first alternates
-                timed_round(["official", "jirl"] if r % 2 == 0 else ["jirl", "official"])
+                warm[name] = _warm_up(starts[name][0], side)
+            order = list(starts)
+            for r in range(FLAGS.rounds):  # the side that goes first rotates (two sides: alternates)
+                timed_round(order[r % len(order):] + order[:r % len(order)])
             final = {name: side.request("stats") for name, side in sides.items()}
     finally:
         for side in sides.values():
             side.close()
 
     result = {"benchmark": "compare_official", "model": config.model.name, "batch": batch, "size": size,
+              "sides": list(starts), "inference_only": FLAGS.inference_only,
               "one_at_a_time": FLAGS.one_at_a_time, "rounds": FLAGS.rounds,
               "train_steps_per_round": FLAGS.steps, "inference_batches_per_round": FLAGS.infer_steps,
               "warmup_steps": FLAGS.warmup, "settle_seconds": FLAGS.settle_s}
@@ -612,21 +630,36 @@ def main(argv):
         result = run_comparison(config)
     except ChildError as e:
         sys.exit(f"compare_official: {e}")
-    off, jirl = result["official"], result["jirl"]
-    ratio = lambda k: jirl[k] / off[k] if off[k] else None
-    result["ratio_jirl_over_official"] = {k: ratio(k) for k in (
-        "train_images_per_sec", "inference_images_per_sec", "peak_rss_gb")}
-    first = {"official": off["first_losses"]["loss"], "jirl": jirl["first_losses"]["loss"]}
-    result["first_loss"] = {**first, "ratio_jirl_over_official": first["jirl"] / first["official"]}
-    result["same_inputs"] = off["input_digest"] == jirl["input_digest"]
+    for precision in side_precisions():
+        suffix = f"/{precision}" if precision else ""
+        off, jirl = result["official" + suffix], result["jirl" + suffix]
+        ratio = lambda k: jirl[k] / off[k] if off[k] and jirl[k] else None  # noqa: B023
+        result["ratio_jirl_over_official" + suffix] = {k: ratio(k) for k in (
+            "train_images_per_sec", "inference_images_per_sec", "peak_rss_gb")}
+        if not FLAGS.inference_only:
+            first = {"official": off["first_losses"]["loss"], "jirl": jirl["first_losses"]["loss"]}
+            result["first_loss" + suffix] = {**first, "ratio_jirl_over_official":
+                                             first["jirl"] / first["official"]}
+    sides = [result[name] for name in result["sides"]]
+    result["same_inputs"] = len({side["input_digest"] for side in sides}) == 1
     result["config"] = config_flags.get_config_filename(FLAGS["config"])
     result["config_overrides"] = config_overrides(FLAGS["config"])
     result["official_amp"] = FLAGS.official_amp
     result["cpu"] = cpu_info()
-    result["versions"] = {"python": platform.python_version(), **off.pop("versions"), **jirl.pop("versions")}
-    result["threads"] = {"official": off.pop("threads"), "jirl": jirl.pop("threads")}
+    result["versions"] = {"python": platform.python_version()}
+    for side in sides:
+        result["versions"].update(side.pop("versions"))
+    result["threads"] = {name: result[name].pop("threads") for name in result["sides"]}
     print(json.dumps(result))
     return 0
+
+
+def side_precisions() -> list[str | None]:
+    """--precisions, each checked; [None] (one pair, as configured) when it is empty."""
+    bad = [p for p in FLAGS.precisions if p not in ("float32", "bfloat16")]
+    if bad:
+        raise app.UsageError(f"--precisions: {bad}; use float32 and/or bfloat16")
+    return list(FLAGS.precisions) or [None]
 
 
 if __name__ == "__main__":

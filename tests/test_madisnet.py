@@ -434,7 +434,7 @@ def test_convert_cli_reads_libcom_files_into_a_checkpoint_eval_accepts(tmp_path)
         convert.localizer_variables({"in_conv.0.weight": np.zeros(1)}, {}, "dirl")
 
 
-def test_eval_step_returns_the_mapped_image_and_it_saves_as_rgb(tiny_state, tmp_path):
+def test_eval_step_returns_the_mapped_image_in_0_1_and_it_saves_as_rgb(tiny_state, tmp_path):
     from PIL import Image
 
     from jirl.training.evaluate import _save_masks
@@ -445,6 +445,10 @@ def test_eval_step_returns_the_mapped_image_and_it_saves_as_rgb(tiny_state, tmp_
     per_image, saved = jax.jit(make_eval_step(spec, c, model.apply))(state.variables(), batch)
     assert set(per_image) == {"mask"} and set(saved) == {"mask", "retouched"}
     chex.assert_shape(saved["retouched"], (2, 32, 32, 3))
+    # I' is normalized like the input; the step returns it in [0, 1] units (x * std + mean)
+    retouched = np.asarray(model.apply(state.variables(), batch["image"], train=False)["retouched"])
+    np.testing.assert_allclose(np.asarray(saved["retouched"]),
+                               retouched * np.float32(c.data.std) + np.float32(c.data.mean), atol=1e-5)
     _save_masks(str(tmp_path), np.asarray(saved["retouched"]), np.array(["a.jpg", "b.jpg"]),
                 np.array([True, False]))
     png = np.asarray(Image.open(tmp_path / "a.png"))

@@ -163,8 +163,8 @@ def sample_triplets(
     output_name: str,
     count: int = 4,
 ) -> np.ndarray:
-    """[n, H, 3 W, 3] images in [0, 1] of the first `count` examples of `split` (n <= count, this
-    process's rows), for TensorBoard: a localizer's composite | ground-truth mask | predicted
+    """[n, H, 3 W, 3] images in [0, 1] of the first `count` examples of `split` (0 <= n <= count,
+    this process's rows), for TensorBoard: a localizer's composite | ground-truth mask | predicted
     mask `output_name`, a harmonizer's composite | harmonized `output_name` | real image. Every
     process must call it (the eval step is a collective)."""
     local_batch = config.eval.batch_size // jax.process_count()
@@ -180,9 +180,9 @@ def sample_triplets(
         middle, right = np.repeat(batch["mask"], 3, -1), np.repeat(output, 3, -1)
     else:
         middle, right = output, batch["real"] * std + mean
-    rows = np.flatnonzero(batch["valid"])[:count]
-    return np.stack([np.concatenate([composite[i], middle[i], right[i]], axis=1).clip(0, 1)
-                     for i in rows])
+    rows = np.flatnonzero(batch["valid"])[:count]  # none when this process got only padding
+    triplets = np.concatenate([composite, middle, right], axis=2)[rows].clip(0, 1)
+    return triplets.astype(np.float32)
 
 
 def off_centre_sheet(

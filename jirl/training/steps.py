@@ -157,8 +157,11 @@ def make_localization_eval_step(spec: ModelSpec, config: ml_collections.ConfigDi
                                 apply_fn: Callable) -> Callable:
     """The eval step of a localizer: every `spec.eval_masks` mask scored by the official
     protocol (`config.eval.normalize`: per-image min-max normalization before thresholding at
-    0.5); the second dict also holds the model's unscored pictures (`ModelSpec.eval_images`)."""
+    0.5); the second dict also holds the model's unscored pictures (`ModelSpec.eval_images`,
+    normalized like the input: returned in [0, 1] units, as jirl.inference shows them)."""
     per_iteration = bool(config.eval.get("per_iteration", False))
+    mean = jnp.asarray(config.data.mean, jnp.float32)
+    std = jnp.asarray(config.data.std, jnp.float32)
     if per_iteration and spec.step_masks is None:
         raise ValueError(f"config.eval.per_iteration: {spec.name} has no per-iteration masks "
                          "(only iterative models such as rsrnet do)")
@@ -174,6 +177,7 @@ def make_localization_eval_step(spec: ModelSpec, config: ml_collections.ConfigDi
             for name, m in masks.items()
         }
         images = spec.eval_images(outputs) if spec.eval_images is not None else {}
+        images = {k: v.astype(jnp.float32) * std + mean for k, v in images.items()}
         return per_image, {**masks, **images}
 
     return eval_step

@@ -79,7 +79,8 @@ class MetricWriter:
         if not self.enabled:
             return
         for name, batch in images.items():
-            self._tb.add_images(name, batch, int(step), dataformats="NHWC")
+            if len(batch):  # a process may hold no valid example of a small split
+                self._tb.add_images(name, batch, int(step), dataformats="NHWC")
         self._tb.flush()
 
     def close(self) -> None:
