@@ -287,16 +287,24 @@ def test_predictor_writes_every_output_at_the_photos_size_and_skips_bad_files(lo
 
 def test_predict_py_runs_from_the_checkpoint_alone_and_reports_bad_arguments(dirl, rainnet, tmp_path):
     """The command line: no --config (model and config from the checkpoint's meta), a glob input,
-    --long_side, a user's --mask for the harmonizer, and clear errors."""
+    --long_side on two devices (a batch per device), a user's --mask for the harmonizer, and
+    clear errors."""
     photos = tmp_path / "photos"
     _folder(photos)
     env = subprocess_env()
     proc = run(["predict.py", "--checkpoint", dirl[0], "--input", str(photos / "*.jpg"),
-                "--output", str(tmp_path / "out"), "--long_side", "64", "--no_normalize"], env)
+                "--output", str(tmp_path / "out"), "--long_side", "64", "--no_normalize"],
+               subprocess_env(devices=2))
     assert "3 photos written, 1 unreadable skipped" in proc.stdout and "compilations" in proc.stdout
     lines = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
     assert {r["name"] for r in lines} == {"wide", "grey", "rotated"}
     assert all(r["resize"] == "long_side" and r["normalized"] is False for r in lines)
+    # the same masks as one device computes
+    loc = inference.Localizer.from_checkpoint(dirl[0], resize="long_side", long_side=64)
+    for r in lines:
+        saved = np.asarray(Image.open(tmp_path / "out" / r["outputs"]["mask"]))
+        expected = np.rint(loc(r["file"]) * 255)
+        assert np.abs(saved.astype(int) - expected).max() <= 1, r["name"]
     mask = np.zeros((45, 70), np.uint8)
     mask[10:30, 20:50] = 255
     Image.fromarray(mask).save(tmp_path / "m.png")

@@ -228,12 +228,9 @@ def model_pixels(image: np.ndarray, height: int, width: int, cfg: AugmentConfig)
 
 def model_mask(mask: np.ndarray, height: int, width: int, cfg: AugmentConfig) -> np.ndarray:
     """A bool [H, W] mask resized for a model's mask input as evaluation resizes masks
-    (`cfg.preprocess`: "crop" bilinear > 0.5, "resize" PIL mode "1" nearest); float32 [h, w, 1]."""
-    mask_u8 = np.where(np.asarray(mask, bool), np.uint8(255), np.uint8(0))[..., None]
-    if cfg.preprocess == "resize":
-        return (_pil_resize(mask_u8, (height, width), mode="1") > 0).astype(np.float32)
-    return (resize_bilinear(mask_u8.astype(np.float32) / 255.0, height, width) > 0.5
-            ).astype(np.float32)
+    (`resize_mask` with `cfg.preprocess`); float32 [height, width, 1]."""
+    mask_u8 = np.where(np.asarray(mask, bool), np.uint8(255), np.uint8(0))
+    return resize_mask(mask_u8, height, width, cfg.preprocess).astype(np.float32)
 
 
 def resize_transform(record: dict, cfg: AugmentConfig) -> dict:
@@ -241,7 +238,7 @@ def resize_transform(record: dict, cfg: AugmentConfig) -> dict:
     composite, real, mask_u8 = _arrays(record)
     size = cfg.crop_size
     images = np.concatenate([_pil_resize(composite, size), _pil_resize(real, size)], -1)
-    mask = _pil_resize(np.asarray(mask_u8, np.uint8), size, mode="1") > 0
+    mask = resize_mask(mask_u8, size, size, "resize")
     return _output(images.astype(np.float32), mask, record, cfg)
 
 
@@ -268,13 +265,16 @@ def train_transform(record: dict, rng: np.random.Generator, cfg: AugmentConfig) 
     return _output(crop_images, crop_mask, record, cfg)
 
 
-def eval_mask(mask_u8: np.ndarray, size: int) -> np.ndarray:
-    """Evaluation's resize of a uint8 mask [H, W(, 1)]: bilinear to size x size, > 0.5 -> bool
-    [size, size, 1]."""
-    mask = np.asarray(mask_u8)
+def resize_mask(mask_u8: np.ndarray, height: int, width: int, preprocess: str = "crop"
+                ) -> np.ndarray:
+    """Evaluation's resize of a uint8 mask [H, W(, 1)] to bool [height, width, 1]: "crop" (the
+    official DIRL) bilinear, > 0.5; "resize" (RainNet) PIL mode "1", i.e. nearest."""
+    mask = np.asarray(mask_u8, np.uint8)
     if mask.ndim == 2:
         mask = mask[..., None]
-    return resize_bilinear(mask.astype(np.float32) / 255.0, size, size) > 0.5
+    if preprocess == "resize":
+        return _pil_resize(mask, (height, width), mode="1") > 0
+    return resize_bilinear(mask.astype(np.float32) / 255.0, height, width) > 0.5
 
 
 def eval_transform(record: dict, cfg: AugmentConfig) -> dict:
@@ -285,7 +285,7 @@ def eval_transform(record: dict, cfg: AugmentConfig) -> dict:
     composite, real, mask_u8 = _arrays(record)
     size = cfg.crop_size
     crop_images = resize_pixels(np.concatenate([composite, real], -1), size, size)
-    return _output(crop_images, eval_mask(mask_u8, size), record, cfg)
+    return _output(crop_images, resize_mask(mask_u8, size, size), record, cfg)
 
 
 def padding_example(cfg: AugmentConfig) -> dict:

@@ -64,7 +64,7 @@ def mean_training_mask(data_cfg: ml_collections.ConfigDict, max_examples: int = 
     size = int(data_cfg.crop_size)
     total = np.zeros((size, size, 1), np.float64)
     for i in indices[jax.process_index()::jax.process_count()]:
-        total += transforms.eval_mask(source[int(i)]["mask"], size)
+        total += transforms.resize_mask(source[int(i)]["mask"], size, size)
     if jax.process_count() > 1:
         total = np.asarray(multihost_utils.process_allgather(total)).sum(0)
     return Baselines((total / len(indices)).astype(np.float32), len(indices))
