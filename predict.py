@@ -46,8 +46,9 @@ flags.DEFINE_integer("batch_size", None, "Photos per model call (default: the nu
                      "devices, so that every device works).")
 flags.DEFINE_enum("image_format", "jpg", ["jpg", "png"], "Format of the overlay and the "
                   "harmonized image (png: lossless, the background byte-identical).")
-flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (default: the "
-                  "checkpoint's).")
+flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"], "The localizer's compute "
+                  "dtype; auto: bfloat16 on a CPU with bf16 units (AVX512-BF16 / AMX), else the "
+                  "checkpoint's. The harmonizer runs at the checkpoint's unless a dtype is named.")
 config_flags.DEFINE_config_file("config", None, "Only for a checkpoint without a config in its "
                                 "meta: the config it was trained with.", lock_config=False)
 FLAGS = flags.FLAGS
@@ -68,7 +69,8 @@ def main(argv) -> int:
                                                long_side=FLAGS.long_side, config=FLAGS.config,
                                                dtype=FLAGS.dtype)
                      if FLAGS.checkpoint else None)
-        harmonizer = (Harmonizer.from_checkpoint(FLAGS.harmonizer, dtype=FLAGS.dtype)
+        harmonizer_dtype = None if FLAGS.dtype == "auto" else FLAGS.dtype
+        harmonizer = (Harmonizer.from_checkpoint(FLAGS.harmonizer, dtype=harmonizer_dtype)
                       if FLAGS.harmonizer else None)
         predictor = Predictor(FLAGS.output, localizer=localizer, harmonizer=harmonizer,
                               mask_spec=FLAGS.mask, normalize=not FLAGS.no_normalize,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import resource
-import subprocess
 import sys
 import time
 
@@ -23,8 +22,6 @@ if ROOT not in sys.path:  # jirl and configs/ from this checkout (the scripts ru
     sys.path.insert(0, ROOT)
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "dirl.py")
 
-# The CPU's vector / matrix extensions that decide conv and matmul speed (as /proc/cpuinfo names them).
-CPU_EXTENSIONS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
 # Environment variables that set the frameworks' thread pools.
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME",
               "KMP_AFFINITY", "OMP_PROC_BIND", "XLA_FLAGS")
@@ -104,40 +101,6 @@ def rss_gb() -> float | None:
 def thread_env() -> dict:
     """The thread-related environment variables that are set."""
     return {k: os.environ[k] for k in THREAD_ENV if k in os.environ}
-
-
-def cpu_info() -> dict:
-    """CPU model, core counts and vector/matrix extensions, from /proc/cpuinfo or `lscpu`."""
-    model, flags, cores = None, set(), set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-        for block in text.split("\n\n"):
-            fields = dict(
-                (k.strip().lower(), v.strip()) for k, _, v in
-                (line.partition(":") for line in block.splitlines()) if k.strip())
-            model = model or fields.get("model name") or fields.get("hardware")
-            flags |= set((fields.get("flags") or fields.get("features") or "").split())
-            if "physical id" in fields and "core id" in fields:
-                cores.add((fields["physical id"], fields["core id"]))
-    except OSError:
-        pass
-    if not model or not flags:
-        try:
-            out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-            lscpu = {k.strip().lower(): v.strip() for k, _, v in
-                     (line.partition(":") for line in out.splitlines())}
-            model = model or lscpu.get("model name")
-            flags = flags or set(lscpu.get("flags", "").split())
-        except (OSError, subprocess.SubprocessError):
-            pass
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        affinity = None
-    return {"model_name": model, "logical_cpus": os.cpu_count(), "usable_cpus": affinity,
-            "physical_cores": len(cores) or None,
-            "extensions": {e: e in flags for e in CPU_EXTENSIONS} if flags else None}
 
 
 def model_config_mismatch(model_cfg, reference) -> list[str]:

@@ -80,7 +80,6 @@ from common import (
     JirlBench,
     config_argv,
     config_overrides,
-    cpu_info,
     digest,
     is_harmonizer,
     model_config_mismatch,
@@ -645,6 +644,8 @@ def main(argv):
     result["config"] = config_flags.get_config_filename(FLAGS["config"])
     result["config_overrides"] = config_overrides(FLAGS["config"])
     result["official_amp"] = FLAGS.official_amp
+    from jirl.cpu import cpu_info  # here: importing jirl sets XLA_FLAGS, which the sides report
+
     result["cpu"] = cpu_info()
     result["versions"] = {"python": platform.python_version()}
     for side in sides:

@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from jirl import cpu as jcpu
 from jirl.data import images as jimages
 from jirl.data import transforms
 from jirl.metrics import norm_pred
@@ -78,6 +79,22 @@ class LoadedModel:
     meta: dict
 
 
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+def inference_dtype(dtype: str | None, trained: str) -> str:
+    """The compute dtype to run a model trained in `trained` at: `dtype` itself, the trained one
+    for None, and for "auto" bfloat16 on a CPU with bf16 units (AVX512-BF16 / AMX), else the
+    trained one. There bf16 runs DIRL's 224 px forward 1.5x faster (batch 8; 1.3x at batch 1)
+    and moves its test-split AP / F1 / IoU by <= 0.0003 (README, "Predict on your own photos")."""
+    if dtype not in (None, *DTYPES):
+        raise ValueError(f"dtype={dtype!r}; use one of {DTYPES} (or None: as trained)")
+    if dtype == "auto":
+        on_bf16_cpu = jax.default_backend() == "cpu" and jcpu.has_bf16_units()
+        return "bfloat16" if on_bf16_cpu else trained
+    return dtype or trained
+
+
 def load_checkpoint(path: str, *, config: ml_collections.ConfigDict | None = None,
                     dtype: str | None = None) -> LoadedModel:
     """Restores the checkpoint at `path` (a step directory, a checkpoint directory or a train.py
@@ -85,7 +102,7 @@ def load_checkpoint(path: str, *, config: ml_collections.ConfigDict | None = Non
 
     The model and its config come from the checkpoint's meta, which train.py and
     `python -m jirl.convert` write; `config` replaces it for a checkpoint without one. `dtype`
-    ("float32" | "bfloat16") overrides the compute dtype it was trained with.
+    overrides the compute dtype it was trained with (`inference_dtype`).
     """
     step_dir = ckpt.resolve_checkpoint(path)
     meta = ckpt.read_meta(step_dir)
@@ -96,8 +113,7 @@ def load_checkpoint(path: str, *, config: ml_collections.ConfigDict | None = Non
                 "trained with (config=..., or --config on the command line)")
         config = ml_collections.ConfigDict(meta["config"])
     config = ml_collections.ConfigDict(config.to_dict())  # a private, unlocked copy
-    if dtype is not None:
-        config.dtype = dtype
+    config.dtype = inference_dtype(dtype, config.get("dtype", "float32"))
     spec, model = build_model(config)
     target = jax.eval_shape(lambda: init_model_variables(config, model))
     mesh = jmesh.make_mesh(jax.local_devices())
@@ -178,14 +194,20 @@ class Localizer:
     @classmethod
     def from_checkpoint(cls, path: str, *, resize: str = "train", long_side: int | None = None,
                         config: ml_collections.ConfigDict | None = None,
-                        dtype: str | None = None) -> Localizer:
-        """The localizer of a checkpoint (`load_checkpoint`: model and config from its meta)."""
+                        dtype: str | None = "auto") -> Localizer:
+        """The localizer of a checkpoint (`load_checkpoint`: model and config from its meta),
+        by default in bf16 on a CPU with bf16 units (`inference_dtype`)."""
         return cls(load_checkpoint(path, config=config, dtype=dtype), resize=resize,
                    long_side=long_side)
 
     @property
     def name(self) -> str:
         return self.loaded.config.model.name
+
+    @property
+    def dtype(self) -> str:
+        """The compute dtype the model runs at."""
+        return self.loaded.config.dtype
 
     @property
     def train_size(self) -> int:

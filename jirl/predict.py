@@ -188,7 +188,8 @@ class Predictor:
             visualize.save_image(item.paths["overlay"], visualize.overlay(item.pixels, region))
             record.update(mask_area=float(region.mean()), max_probability=float(prob.max()),
                           model=self.localizer.name, checkpoint=self.localizer.loaded.checkpoint,
-                          resize=self.localizer.resize, normalized=self.normalize)
+                          resize=self.localizer.resize, dtype=self.localizer.dtype,
+                          normalized=self.normalize)
         else:
             region = item.user_mask
             record.update(mask_area=float(region.mean()), mask="user")

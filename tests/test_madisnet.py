@@ -384,7 +384,7 @@ def _localizer_matches_libcom(checkpoint: str, tmp_path) -> None:
     with np.load(os.path.join(FIXTURES, "libcom_predict.npz")) as f:
         photo, libcom32, libcom64 = f["photo"], f["mask"], f["mask64"]
     Image.fromarray(photo).save(tmp_path / "photo.png")
-    loc = Localizer.from_checkpoint(checkpoint)
+    loc = Localizer.from_checkpoint(checkpoint, dtype="float32")
     plan, x = loc.prepare(np.asarray(Image.open(tmp_path / "photo.png")))
     mean, std = np.float32([0.485, 0.456, 0.406]), np.float32([0.229, 0.224, 0.225])
     libcom_input = (cv2.resize(photo, (256, 256)).astype(np.float32) / np.float32(255) - mean) / std

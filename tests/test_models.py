@@ -1,5 +1,7 @@
 """DIRL and its shared layers: shapes, PyTorch-compatible numerics, jit agreement, gradients."""
 
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -422,3 +424,47 @@ def test_add_bias_sums_the_bias_gradient_in_float32():
     jaxpr = jax.make_jaxpr(vjp)(g)
     sums = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "reduce_sum"]
     assert sums and all(e.invars[0].aval.dtype == jnp.float32 for e in sums), jaxpr
+
+
+@pytest.mark.parametrize("stride,padding,dilation,k", [(1, 1, 1, 3), (2, 1, 1, 3), (1, 2, 2, 3),
+                                                       (1, 0, 1, 1), (2, 3, 1, 7), (2, 1, 1, 4)])
+def test_bf16_conv_on_cpu_is_bf16_dots_rounded_once(stride, padding, dilation, k):
+    """A bf16 conv2d on CPU, not differentiated, runs as bf16 matrix products (XLA:CPU would
+    upcast a bf16 convolution to f32) and equals the exact convolution of its bf16 operands
+    rounded once to bf16."""
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.normal(size=(2, 10, 9, 5)), jnp.bfloat16)
+    kernel = jnp.asarray(rng.normal(size=(k, k, 5, 6)), jnp.bfloat16)
+    conv = jax.jit(lambda x, w: layers.conv2d(x, w, stride, padding, dilation))
+    y = conv(x, kernel)
+    exact = torch_like_conv(np.asarray(x, np.float64), np.asarray(kernel, np.float64), stride,
+                            padding, dilation)
+    chex.assert_shape(y, exact.shape)
+    assert y.dtype == jnp.bfloat16
+    rounded = np.asarray(jnp.asarray(exact, jnp.float32).astype(jnp.bfloat16), np.float64)
+    ulp = 2.0 ** (np.floor(np.log2(np.maximum(np.abs(exact), 1e-30))) - 7)
+    err = np.abs(np.asarray(y, np.float64) - exact)
+    assert np.all(err <= ulp), float((err / ulp).max())  # within one bf16 step of the exact value
+    assert np.mean(np.asarray(y, np.float64) == rounded) > 0.97  # and nearly always its rounding
+    hlo = conv.lower(x, kernel).compile().as_text()
+    assert " convolution(" not in hlo
+    dot_computations = [c for c in hlo.split("\n\n") if " dot(" in c]
+    assert len(dot_computations) == k * k  # one product per tap, each of bf16 operands
+    assert all(re.match(r"%\S+ \(param_0\S*: bf16\[.*param_1\S*: bf16\[", c.strip())
+               for c in dot_computations), dot_computations[0]
+
+
+def torch_like_conv(x: np.ndarray, kernel: np.ndarray, stride: int, padding: int,
+                    dilation: int) -> np.ndarray:
+    """F.conv2d's definition, NHWC x HWIO, in float64 loops over the kernel taps."""
+    n, h, w, _ = x.shape
+    kh, kw, _, cout = kernel.shape
+    xp = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    ho = (h + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
+    wo = (w + 2 * padding - dilation * (kw - 1) - 1) // stride + 1
+    y = np.zeros((n, ho, wo, cout))
+    for i in range(kh):
+        for j in range(kw):
+            window = xp[:, i * dilation::stride, j * dilation::stride][:, :ho, :wo]
+            y += window @ kernel[i, j]
+    return y

@@ -67,7 +67,7 @@ def rainnet(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def localizer(dirl):
-    return inference.Localizer.from_checkpoint(dirl[0])
+    return inference.Localizer.from_checkpoint(dirl[0], dtype="float32")
 
 
 def _photo(h, w, seed=0):
@@ -293,14 +293,17 @@ def test_predict_py_runs_from_the_checkpoint_alone_and_reports_bad_arguments(dir
     _folder(photos)
     env = subprocess_env()
     proc = run(["predict.py", "--checkpoint", dirl[0], "--input", str(photos / "*.jpg"),
-                "--output", str(tmp_path / "out"), "--long_side", "64", "--no_normalize"],
+                "--output", str(tmp_path / "out"), "--long_side", "64", "--no_normalize",
+                "--dtype", "float32"],
                subprocess_env(devices=2))
     assert "3 photos written, 1 unreadable skipped" in proc.stdout and "compilations" in proc.stdout
     lines = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
     assert {r["name"] for r in lines} == {"wide", "grey", "rotated"}
-    assert all(r["resize"] == "long_side" and r["normalized"] is False for r in lines)
+    assert all(r["resize"] == "long_side" and r["normalized"] is False and r["dtype"] == "float32"
+               for r in lines)
     # the same masks as one device computes
-    loc = inference.Localizer.from_checkpoint(dirl[0], resize="long_side", long_side=64)
+    loc = inference.Localizer.from_checkpoint(dirl[0], resize="long_side", long_side=64,
+                                              dtype="float32")
     for r in lines:
         saved = np.asarray(Image.open(tmp_path / "out" / r["outputs"]["mask"]))
         expected = np.rint(loc(r["file"]) * 255)
@@ -318,3 +321,19 @@ def test_predict_py_runs_from_the_checkpoint_alone_and_reports_bad_arguments(dir
                           (["--input", str(photos)], "give a localizer checkpoint")]:
         proc = run(["predict.py", *args, "--output", str(tmp_path / "x")], env, check=False)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("bf16_units", [True, False])
+def test_auto_dtype_is_bfloat16_on_a_cpu_with_bf16_units_and_moves_the_mask_little(
+        dirl, localizer, monkeypatch, bf16_units):
+    """dtype="auto" (the default): bf16 where the CPU has bf16 dot-product units, else the dtype
+    the checkpoint was trained in; bf16 moves the probabilities by well under a mask level's
+    worth of the threshold."""
+    monkeypatch.setattr(inference.jcpu, "has_bf16_units", lambda: bf16_units)
+    loc = inference.Localizer.from_checkpoint(dirl[0])
+    assert loc.dtype == ("bfloat16" if bf16_units else "float32")
+    photo = _photo(48, 72)
+    if bf16_units:
+        np.testing.assert_allclose(loc(photo), localizer(photo), atol=1e-2, rtol=0)
+    with pytest.raises(ValueError, match="dtype='float16'; use one of"):
+        inference.Localizer.from_checkpoint(dirl[0], dtype="float16")
