@@ -23,7 +23,7 @@ from ml_collections import config_flags
 
 from jirl.data.images import BadImageError
 from jirl.inference import POLICIES, Harmonizer, Localizer
-from jirl.predict import Predictor, find_photos
+from jirl.predict import Predictor, default_compile_cache, enable_compile_cache, find_photos
 from jirl.training import cli
 from jirl.training.checkpoints import CheckpointError
 
@@ -49,6 +49,8 @@ flags.DEFINE_enum("image_format", "jpg", ["jpg", "png"], "Format of the overlay 
 flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"], "The localizer's compute "
                   "dtype; auto: bfloat16 on a CPU with bf16 units (AVX512-BF16 / AMX), else the "
                   "checkpoint's. The harmonizer runs at the checkpoint's unless a dtype is named.")
+flags.DEFINE_string("compile_cache", default_compile_cache(), "Directory that keeps the compiled "
+                    "programs for the next run (jax's persistent cache); '' turns it off.")
 config_flags.DEFINE_config_file("config", None, "Only for a checkpoint without a config in its "
                                 "meta: the config it was trained with.", lock_config=False)
 FLAGS = flags.FLAGS
@@ -64,6 +66,8 @@ def main(argv) -> int:
     if FLAGS.long_side is not None and FLAGS["resize"].present:
         raise app.UsageError("--long_side and --resize exclude each other")
     try:
+        if FLAGS.compile_cache:
+            enable_compile_cache(FLAGS.compile_cache)
         photos = find_photos(FLAGS.input, exclude=FLAGS.output)
         localizer = (Localizer.from_checkpoint(FLAGS.checkpoint, resize=resize,
                                                long_side=FLAGS.long_side, config=FLAGS.config,
@@ -76,7 +80,7 @@ def main(argv) -> int:
                               mask_spec=FLAGS.mask, normalize=not FLAGS.no_normalize,
                               overwrite=FLAGS.overwrite, image_format=FLAGS.image_format,
                               batch_size=FLAGS.batch_size or jax.local_device_count())
-    except (FileNotFoundError, CheckpointError, ValueError, BadImageError) as e:
+    except (OSError, CheckpointError, ValueError, BadImageError) as e:
         print(f"predict.py: {e}", file=sys.stderr)
         return 2
     summary = predictor.run(photos)

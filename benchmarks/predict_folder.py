@@ -89,7 +89,8 @@ def main() -> None:
     parser.add_argument("--long_side", type=int, default=None)
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--folder", default=None, help="where the photos go (default: a temp dir)")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="the localizer's (jirl.inference.inference_dtype; default as predict.py)")
     args = parser.parse_args()
 
     import jax

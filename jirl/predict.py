@@ -33,6 +33,24 @@ from jirl.inference import Harmonizer, Localizer, as_mask, binary_mask
 JSONL = "predictions.jsonl"
 
 
+def default_compile_cache() -> str:
+    """Where predict.py keeps its compiled programs: $XDG_CACHE_HOME/jirl/xla (~/.cache/...)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "jirl", "xla")
+
+
+def enable_compile_cache(path: str) -> None:
+    """Keeps every program jax compiles from now on in `path` (jax's persistent compilation
+    cache), so that the next run with the same model, shapes and dtype loads it instead of
+    compiling: a bf16 DIRL at 224 px takes ~15 s to compile on a 2-core CPU."""
+    import jax
+
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 @dataclasses.dataclass(frozen=True)
 class Photo:
     """An input file and its name under the output directory (relative path, no extension)."""

@@ -291,11 +291,12 @@ def test_predict_py_runs_from_the_checkpoint_alone_and_reports_bad_arguments(dir
     clear errors."""
     photos = tmp_path / "photos"
     _folder(photos)
-    env = subprocess_env()
+    env = {**subprocess_env(), "XDG_CACHE_HOME": str(tmp_path / "cache")}
     proc = run(["predict.py", "--checkpoint", dirl[0], "--input", str(photos / "*.jpg"),
                 "--output", str(tmp_path / "out"), "--long_side", "64", "--no_normalize",
                 "--dtype", "float32"],
-               subprocess_env(devices=2))
+               {**subprocess_env(devices=2), "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert os.listdir(tmp_path / "cache" / "jirl" / "xla")  # the compiled programs, kept
     assert "3 photos written, 1 unreadable skipped" in proc.stdout and "compilations" in proc.stdout
     lines = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
     assert {r["name"] for r in lines} == {"wide", "grey", "rotated"}
