@@ -101,7 +101,8 @@ def test_train_policy_is_eval_pys_path_and_the_map_comes_back_at_the_photos_size
 
 @pytest.mark.parametrize("policy,long_side", [("native", None), ("long_side", 64)])
 def test_native_and_long_side_keep_the_photos_size_and_compile_once_per_bucket(dirl, policy, long_side):
-    loc = inference.Localizer.from_checkpoint(dirl[0], resize=policy, long_side=long_side)
+    loc = inference.Localizer.from_checkpoint(dirl[0], resize=policy, long_side=long_side,
+                                              dtype="float32")  # bf16 compiles 3x longer on CPU
     sizes = [(45, 70), (70, 45), (50, 70), (33, 64), (1, 5), (130, 20)]
     for h, w in sizes:
         mask = loc(_photo(h, w, seed=h))
@@ -182,7 +183,7 @@ def test_checkpoint_errors_name_the_fix(dirl, rainnet, tmp_path):
     assert inference.Localizer.from_checkpoint(path, config=_dirl_config()).train_size == 32
     # a checkpoint saved before data.preprocess existed is read as the "crop" preprocessing
     path, _, _ = _checkpoint(tmp_path / "old", _dirl_config(), drop_data_keys=("preprocess",))
-    old = inference.Localizer.from_checkpoint(path)
+    old = inference.Localizer.from_checkpoint(path, dtype="float32")
     assert old.augment.preprocess == "crop" and old(_photo(20, 30)).shape == (20, 30)
     with pytest.raises(ValueError, match="long_side"):
         inference.Localizer.from_checkpoint(dirl[0], resize="native", long_side=64)
