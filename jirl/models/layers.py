@@ -119,9 +119,9 @@ def _conv_as_tap_dots(x: Array, kernel: Array, stride: int, padding: int, dilati
 
     XLA:CPU computes a bf16 convolution in f32 (it upcasts the operands), so bf16 bought
     nothing there; its bf16 dots with f32 accumulation go to YNNPACK kernels that use the CPU's
-    bf16 units (AVX512-BF16 / AMX): DIRL's 224 px forward runs 1.4x faster than in f32 on an
-    AVX512-BF16 CPU (benchmarks/compare_official.py --inference_only). Like XLA's conv, it rounds
-    once to bf16 at the end.
+    bf16 units (AVX512-BF16 / AMX): DIRL's 224 px forward runs 1.5x faster than in f32 at batch 8
+    (1.3x at batch 1) on an AVX512-BF16 CPU (benchmarks/compare_official.py --inference_only).
+    Like XLA's conv, it rounds once to bf16 at the end.
     """
     kh, kw, _, _ = kernel.shape
     y = 0
