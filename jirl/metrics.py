@@ -46,14 +46,16 @@ def _image_axes(x: jax.Array) -> tuple[int, ...]:
 
 
 def norm_pred(pred: jax.Array, eps: float = 1e-2) -> jax.Array:
-    """Per-image official ``normPRED``: d - min, divided by max - min when that is >= eps."""
-    pred = jnp.asarray(pred, jnp.float32)
+    """Per-image official ``normPRED``: d - min, divided by max - min when that is >= eps.
+    A numpy array is normalized in numpy (inference on photos of many sizes compiles nothing)."""
+    xp = np if isinstance(pred, np.ndarray) else jnp
+    pred = xp.asarray(pred, xp.float32)
     axes = _image_axes(pred)
-    ma = jnp.max(pred, axis=axes, keepdims=True)
-    mi = jnp.min(pred, axis=axes, keepdims=True)
+    ma = xp.max(pred, axis=axes, keepdims=True)
+    mi = xp.min(pred, axis=axes, keepdims=True)
     rng = ma - mi
     shifted = pred - mi
-    return jnp.where(rng < eps, shifted, shifted / jnp.where(rng < eps, 1.0, rng))
+    return xp.where(rng < eps, shifted, shifted / xp.where(rng < eps, 1.0, rng))
 
 
 def _average_precision_1d(score: jax.Array, positive: jax.Array) -> jax.Array:

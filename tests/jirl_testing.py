@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
+
+import jax
+import ml_collections
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -83,3 +88,63 @@ def run_processes(args_per_process: list[list[str]], env: dict, timeout: int = 3
             if p.poll() is None:
                 p.kill()
     return outputs
+
+
+TINY_VGG = (4, 4, 8, 8, 8, 8, 8)
+
+
+def tiny_dirl_config() -> ml_collections.ConfigDict:
+    """configs/dirl.py:quick made narrow enough for unit tests (32 px)."""
+    from configs import dirl as dc
+
+    c = dc.get_config("quick")
+    c.model.update(stem_features=4, stage_features=(4, 4, 8, 8, 8), ggd_ch=4)
+    c.data.crop_size = 32
+    return c
+
+
+def tiny_rainnet_config() -> ml_collections.ConfigDict:
+    """configs/rainnet.py:quick made narrow enough for unit tests (32 px)."""
+    from configs import rainnet as rc
+
+    c = rc.get_config("quick")
+    c.model.update(ngf=4, blocks=1, ndf=4, d_strided=2)
+    c.data.crop_size = 32
+    return c
+
+
+def tiny_madisnet_config(localizer: str = "dirl", **model) -> ml_collections.ConfigDict:
+    """configs/madisnet.py:quick[,localizer] made narrow enough for unit tests (32 px)."""
+    from configs import madisnet as madisnet_config
+
+    c = madisnet_config.get_config("quick" if localizer == "dirl" else f"quick,{localizer}")
+    c.model.localizer.update(stem_features=8, stage_features=(8, 8, 16, 16, 16),
+                             stage_blocks=(1, 1, 1, 1, 1))
+    if localizer == "dirl":
+        c.model.localizer.ggd_ch = 4
+    c.model.ihdrnet.update(luma_bins=4, splat_layers=2)
+    c.model.update(vgg_features=TINY_VGG, style_dim=4, **model)
+    c.batch_size = 2
+    c.data.crop_size = 32
+    return c
+
+
+def tiny_checkpoint(directory, config, with_config=True, seed=0, drop_data_keys=()):
+    """A checkpoint of `config`'s model with random weights, as train.py writes it:
+    (step directory, flax module, variables). DIRL's BN statistics are perturbed so that its
+    mask varies over the image."""
+    from jirl.models import build_model, init_model_variables
+    from jirl.training.checkpoints import write_model_checkpoint
+
+    _, model = build_model(config)
+    variables = jax.device_get(init_model_variables(config, model, seed=seed))
+    if config.model.name == "dirl":  # random BN statistics: a mask that varies over the image
+        rng = np.random.default_rng(seed)
+        variables["batch_stats"] = jax.tree.map(
+            lambda x: (x + rng.uniform(0.0, 0.5, x.shape)).astype(x.dtype), variables["batch_stats"])
+    meta = {"model": config.model.name}
+    if with_config:
+        meta["config"] = json.loads(config.to_json_best_effort())
+        for key in drop_data_keys:  # a checkpoint from before the key existed
+            del meta["config"]["data"][key]
+    return write_model_checkpoint(str(directory), variables, meta), model, variables

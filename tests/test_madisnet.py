@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from jirl_testing import tiny_madisnet_config
 from test_unet import synthetic_tensor
 
 from jirl import losses
@@ -23,28 +24,11 @@ from jirl.training.state import create_train_state
 from jirl.training.steps import make_loss_fn, make_train_step
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
-TINY_VGG = (4, 4, 8, 8, 8, 8, 8)
 # Official MadisNet forward pass vs jirl, float32 (measured max |diff|: I' 9.4e-6; masks 2.1e-4 in
 # train mode at 256 px). That is float32 rounding: the official model itself moves its mask by
 # 1.8e-4 between float32 and float64, and in float64 jirl and the official agree to 1.7e-12
 # (tests/fixtures/README.md).
 MASK_ATOL = 5e-4
-
-
-def tiny_config(localizer: str = "dirl", **model) -> ml_collections.ConfigDict:
-    """configs/madisnet.py:quick[,localizer] made narrow enough for unit tests (32 px)."""
-    from configs import madisnet as madisnet_config
-
-    c = madisnet_config.get_config("quick" if localizer == "dirl" else f"quick,{localizer}")
-    c.model.localizer.update(stem_features=8, stage_features=(8, 8, 16, 16, 16),
-                             stage_blocks=(1, 1, 1, 1, 1))
-    if localizer == "dirl":
-        c.model.localizer.ggd_ch = 4
-    c.model.ihdrnet.update(luma_bins=4, splat_layers=2)
-    c.model.update(vgg_features=TINY_VGG, style_dim=4, **model)
-    c.batch_size = 2
-    c.data.crop_size = 32
-    return c
 
 
 def _batch(seed: int = 0, b: int = 2, size: int = 32) -> dict:
@@ -58,7 +42,7 @@ def _batch(seed: int = 0, b: int = 2, size: int = 32) -> dict:
 
 @pytest.fixture(scope="module")
 def tiny_state():
-    c = tiny_config()
+    c = tiny_madisnet_config()
     spec, model = build_model(c)
     variables = init_model_variables(c, model)
     return c, spec, model, create_train_state(model, make_optimizer(c.optimizer, 10, spec), variables)
@@ -211,7 +195,7 @@ def _shapes(model, spec, loss_cfg, train: bool):
 
 
 def test_without_the_domain_encoder_there_is_no_discrepancy_loss():
-    c = tiny_config(domain_encoder=False)
+    c = tiny_madisnet_config(domain_encoder=False)
     spec, model = build_model(c)
     v, out, logs = _shapes(model, spec, c.loss, train=True)
     assert set(v["params"]) == {"g", "ihdrnet"} and "domain_codes" not in out
@@ -221,7 +205,7 @@ def test_without_the_domain_encoder_there_is_no_discrepancy_loss():
 
 def test_any_registered_localizer_is_g():
     for localizer, masks in (("unet", {"mask"}), ("rsrnet", {"M_fnl", "M_dec", "M_rsr"})):
-        c = tiny_config(localizer)
+        c = tiny_madisnet_config(localizer)
         spec, model = build_model(c)
         assert spec.primary_mask == get_spec(localizer).primary_mask
         assert spec.step_masks is get_spec(localizer).step_masks

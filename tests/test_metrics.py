@@ -188,18 +188,21 @@ class AveragePrecisionJitTest(chex.TestCase):
 # ----------------------------------------------------------------------------------------------
 
 
-def test_norm_pred_branches():
+@pytest.mark.parametrize("xp", [np, jnp], ids=["numpy", "jax"])
+def test_norm_pred_branches(xp):
     wide = np.linspace(0.2, 0.8, 16, dtype=np.float32).reshape(4, 4, 1)
     narrow = (0.3 + np.linspace(0.0, 0.005, 16, dtype=np.float32)).reshape(4, 4, 1)
     const = np.full((4, 4, 1), 0.7, np.float32)
-    got = np.asarray(metrics.norm_pred(np.stack([wide, narrow, const])))
+    normed = metrics.norm_pred(xp.asarray(np.stack([wide, narrow, const])))
+    assert isinstance(normed, np.ndarray) == (xp is np)  # numpy in, numpy out: nothing compiled
+    got = np.asarray(normed)
     np.testing.assert_allclose(got[0], (wide - 0.2) / 0.6, rtol=1e-5, atol=1e-6)  # scaled
     np.testing.assert_allclose(got[1], narrow - 0.3, atol=1e-7)  # range < eps: only shifted
     np.testing.assert_array_equal(got[2], 0.0)  # constant: zero, no NaN
     assert got[0].min() == 0.0 and np.isclose(got[0].max(), 1.0)
     np.testing.assert_allclose(got[1].max(), narrow.max() - narrow.min())
     # The eps threshold itself: range exactly 1e-2 is >= eps, so it is scaled.
-    edge = np.array([0.0, 0.25], np.float32).reshape(1, 1, 2, 1)
+    edge = xp.asarray(np.array([0.0, 0.25], np.float32).reshape(1, 1, 2, 1))
     np.testing.assert_allclose(metrics.norm_pred(edge, eps=0.25), [[[[0.0], [1.0]]]])
 
 

@@ -5,63 +5,28 @@ import os
 
 import chex
 import cv2
-import jax
 import numpy as np
 import pytest
-from jirl_testing import run, subprocess_env
+from jirl_testing import run, subprocess_env, tiny_checkpoint, tiny_dirl_config, tiny_rainnet_config
 from PIL import Image, ImageOps
 
 from jirl import inference, visualize
 from jirl.data import transforms
-from jirl.models import build_model, init_model_variables
 from jirl.predict import Predictor, find_photos
-from jirl.training.checkpoints import CheckpointError, write_model_checkpoint
-
-
-def _dirl_config():
-    from configs import dirl as dc
-
-    c = dc.get_config("quick")
-    c.model.update(stem_features=4, stage_features=(4, 4, 8, 8, 8), ggd_ch=4)
-    c.data.crop_size = 32
-    return c
-
-
-def _rainnet_config():
-    from configs import rainnet as rc
-
-    c = rc.get_config("quick")
-    c.model.update(ngf=4, blocks=1, ndf=4, d_strided=2)
-    c.data.crop_size = 32
-    return c
-
-
-def _checkpoint(directory, config, with_config=True, seed=0, drop_data_keys=()):
-    _, model = build_model(config)
-    variables = jax.device_get(init_model_variables(config, model, seed=seed))
-    if config.model.name == "dirl":  # random BN statistics: a mask that varies over the image
-        rng = np.random.default_rng(seed)
-        variables["batch_stats"] = jax.tree.map(
-            lambda x: (x + rng.uniform(0.0, 0.5, x.shape)).astype(x.dtype), variables["batch_stats"])
-    meta = {"model": config.model.name}
-    if with_config:
-        meta["config"] = json.loads(config.to_json_best_effort())
-        for key in drop_data_keys:  # a checkpoint from before the key existed
-            del meta["config"]["data"][key]
-    return write_model_checkpoint(str(directory), variables, meta), model, variables
+from jirl.training.checkpoints import CheckpointError
 
 
 @pytest.fixture(scope="module")
 def dirl(tmp_path_factory):
-    config = _dirl_config()
-    path, model, variables = _checkpoint(tmp_path_factory.mktemp("dirl"), config)
+    config = tiny_dirl_config()
+    path, model, variables = tiny_checkpoint(tmp_path_factory.mktemp("dirl"), config)
     return path, config, model, variables
 
 
 @pytest.fixture(scope="module")
 def rainnet(tmp_path_factory):
-    config = _rainnet_config()
-    path, model, variables = _checkpoint(tmp_path_factory.mktemp("rainnet"), config)
+    config = tiny_rainnet_config()
+    path, model, variables = tiny_checkpoint(tmp_path_factory.mktemp("rainnet"), config)
     return path, config, model, variables
 
 
@@ -177,12 +142,12 @@ def test_checkpoint_errors_name_the_fix(dirl, rainnet, tmp_path):
         inference.Localizer.from_checkpoint(rainnet[0])
     with pytest.raises(ValueError, match="localization model, not a harmonizer"):
         inference.Harmonizer.from_checkpoint(dirl[0])
-    path, _, _ = _checkpoint(tmp_path / "bare", _dirl_config(), with_config=False)
+    path, _, _ = tiny_checkpoint(tmp_path / "bare", tiny_dirl_config(), with_config=False)
     with pytest.raises(CheckpointError, match="records no config"):
         inference.Localizer.from_checkpoint(path)
-    assert inference.Localizer.from_checkpoint(path, config=_dirl_config()).train_size == 32
+    assert inference.Localizer.from_checkpoint(path, config=tiny_dirl_config()).train_size == 32
     # a checkpoint saved before data.preprocess existed is read as the "crop" preprocessing
-    path, _, _ = _checkpoint(tmp_path / "old", _dirl_config(), drop_data_keys=("preprocess",))
+    path, _, _ = tiny_checkpoint(tmp_path / "old", tiny_dirl_config(), drop_data_keys=("preprocess",))
     old = inference.Localizer.from_checkpoint(path, dtype="float32")
     assert old.augment.preprocess == "crop" and old(_photo(20, 30)).shape == (20, 30)
     with pytest.raises(ValueError, match="long_side"):

@@ -1,0 +1,76 @@
+"""A local web page to try a localizer (and a harmonizer) on your own photos.
+
+  python -m jirl.demo --checkpoint runs/dirl_quick
+  python -m jirl.demo --checkpoint runs/dirl_quick --harmonizer runs/rainnet_quick --port 7860
+
+Then open http://127.0.0.1:7860. The page listens on 127.0.0.1 only, so nothing outside this
+machine reaches it; --host 0.0.0.0 opens it to your network (anyone who can reach the port can
+run the model on their files). Needs the demo extra: pip install -e '.[demo]'.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+
+from absl import app, flags
+
+from jirl.data.images import BadImageError
+from jirl.demo import core
+from jirl.inference import DTYPES, POLICIES, Harmonizer, Localizer
+from jirl.predict import default_compile_cache, enable_compile_cache
+from jirl.training import cli
+from jirl.training.checkpoints import CheckpointError
+
+flags.DEFINE_string("checkpoint", None, "Localizer checkpoint (workdir, checkpoint or step "
+                    "directory; a workdir's best checkpoint is preferred).")
+flags.DEFINE_string("harmonizer", None, "Harmonizer checkpoint (RainNet): also show the "
+                    "harmonized photo, with a toggle to compare it with the input.")
+flags.DEFINE_string("host", "127.0.0.1", "Address to listen on: 127.0.0.1 (default) is this "
+                    "machine only; 0.0.0.0 every network interface.")
+flags.DEFINE_integer("port", 7860, "Port to listen on.")
+flags.DEFINE_enum("resize", "train", list(POLICIES), "The page's initial resolution policy.")
+flags.DEFINE_enum("dtype", "auto", list(DTYPES), "The localizer's compute dtype (as predict.py).")
+flags.DEFINE_integer("max_pixels", core.MAX_PIXELS, "Largest photo accepted (pixels).")
+flags.DEFINE_integer("max_run_pixels", core.MAX_RUN_PIXELS, "Largest size (pixels, padding "
+                     "included) the native / long_side policies may run the model at.")
+flags.DEFINE_integer("max_file_mb", 100, "Largest upload accepted (MB).")
+flags.DEFINE_integer("samples", 4, "Sample composites offered on the page (0: none).")
+flags.DEFINE_bool("warmup", True, "Compile the training-size program before serving.")
+flags.DEFINE_string("compile_cache", default_compile_cache(), "Directory that keeps the compiled "
+                    "programs for the next start (jax's persistent cache); '' turns it off.")
+flags.mark_flag_as_required("checkpoint")
+FLAGS = flags.FLAGS
+
+
+def main(argv) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.quiet_libraries()
+    from jirl.demo.page import build_app
+
+    try:
+        if FLAGS.compile_cache:
+            enable_compile_cache(FLAGS.compile_cache)
+        localizer = Localizer.from_checkpoint(
+            FLAGS.checkpoint, dtype=FLAGS.dtype, resize=FLAGS.resize,
+            long_side=core.DEFAULT_LONG_SIDE if FLAGS.resize == "long_side" else None)
+        harmonizer = Harmonizer.from_checkpoint(FLAGS.harmonizer) if FLAGS.harmonizer else None
+        demo = core.Demo(localizer, harmonizer, max_pixels=FLAGS.max_pixels,
+                         max_run_pixels=FLAGS.max_run_pixels)
+    except (OSError, CheckpointError, ValueError, BadImageError) as e:
+        print(f"jirl.demo: {e}", file=sys.stderr)
+        return 2
+    if FLAGS.warmup:
+        print(f"compiling {demo.model_name} for {localizer.train_size} px ...", flush=True)
+        print(f"ready in {demo.warm_up(FLAGS.resize):.1f} s", flush=True)
+    samples = core.write_samples(tempfile.mkdtemp(prefix="jirl-demo-samples-"), FLAGS.samples)
+    page = build_app(demo, samples)
+    page.queue(default_concurrency_limit=1)  # one model call at a time
+    page.launch(server_name=FLAGS.host, server_port=FLAGS.port, max_file_size=f"{FLAGS.max_file_mb}mb",
+                ssr_mode=False, share=False, inbrowser=False, footer_links=[])
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(lambda argv: sys.exit(main(argv)))

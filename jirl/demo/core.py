@@ -1,0 +1,182 @@
+"""The demo's work, free of any web framework: one photo in, the pictures the page shows out.
+
+`Demo.analyze` runs the same `jirl.Localizer` / `jirl.Harmonizer` as predict.py (no second
+inference path) at the photo's own size under the chosen resolution policy, and turns every bad
+upload (not an image, corrupt, too large, an unusable mask) into a `DemoError` whose message the
+page shows: the server never sees an exception from a user's file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import numpy as np
+from PIL import Image
+
+from jirl import visualize
+from jirl.data import images as jimages
+from jirl.data import synthetic
+from jirl.inference import POLICIES, Harmonizer, Localizer, as_mask, binary_mask
+
+DEFAULT_LONG_SIDE = 512
+MAX_PIXELS = 50_000_000  # a photo's decoded size (50 MP: every common camera)
+MAX_RUN_PIXELS = 4_194_304  # what "native" / "long_side" may run a model at (2048 x 2048)
+
+
+class DemoError(Exception):
+    """A problem with what the user gave (the message is shown on the page as it is)."""
+
+
+@dataclasses.dataclass
+class Result:
+    """What the page shows for one photo; pictures are uint8 at the photo's size."""
+
+    photo: np.ndarray  # [H, W, 3]
+    probability: np.ndarray  # [H, W] uint8, the probability map x 255
+    overlay: np.ndarray  # [H, W, 3], the region (binary mask) tinted and outlined
+    region: np.ndarray  # [H, W] bool, the region harmonized (the localizer's or the user's)
+    retouched: np.ndarray | None  # [H, W, 3] MadisNet's colour-mapped image I'
+    harmonized: np.ndarray | None  # [H, W, 3]
+    seconds: dict[str, float]  # "decode", "localize", "harmonize", "compile", "total"
+    policy: str
+    run_size: tuple[int, int]  # (height, width) the localizer ran at, padding excluded
+
+    def summary(self, model: str, harmonizer: str | None) -> str:
+        """One Markdown line: sizes, region share and the time per stage."""
+        h, w = self.photo.shape[:2]
+        s = self.seconds
+        parts = [f"**{model}** on {w}×{h} (policy `{self.policy}`, run at "
+                 f"{self.run_size[1]}×{self.run_size[0]}): region {self.region.mean():.1%} of "
+                 f"the photo; localize {s['localize']:.2f} s"]
+        if self.harmonized is not None:
+            parts.append(f"harmonize ({harmonizer}) {s['harmonize']:.2f} s")
+        parts.append(f"total {s['total']:.2f} s")
+        text = ", ".join(parts)
+        if s["compile"] > 0:
+            text += f" (of which {s['compile']:.1f} s compiling for a new size)"
+        return text
+
+
+def _check_pixels(path: str, max_pixels: int) -> None:
+    """Refuses a file whose header announces more than `max_pixels` before decoding it."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception:  # noqa: BLE001 - the decoder names the problem (load_rgb below)
+        return
+    if width * height > max_pixels:
+        raise DemoError(f"the photo is {width}×{height} ({width * height / 1e6:.0f} MP), more "
+                        f"than this demo accepts ({max_pixels / 1e6:.0f} MP; --max_pixels)")
+
+
+def load_photo(path: str | None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """An uploaded file as an upright uint8 [H, W, 3] photo (predict.py's decoder), else
+    DemoError saying what is wrong with it."""
+    if not path:
+        raise DemoError("upload a photo first (or pick a sample)")
+    if not os.path.isfile(path):
+        raise DemoError(f"the upload {os.path.basename(path)} is gone; upload it again")
+    _check_pixels(path, max_pixels)
+    try:
+        return jimages.load_rgb(path).array
+    except jimages.BadImageError as e:
+        raise DemoError(f"{os.path.basename(path)} is not a usable image: {e}") from e
+
+
+class Demo:
+    """A localizer (and optionally a harmonizer) behind the page, one Localizer per policy
+    (each keeps its compiled programs)."""
+
+    def __init__(self, localizer: Localizer, harmonizer: Harmonizer | None = None, *,
+                 max_pixels: int = MAX_PIXELS, max_run_pixels: int = MAX_RUN_PIXELS):
+        self.harmonizer = harmonizer
+        self.max_pixels, self.max_run_pixels = max_pixels, max_run_pixels
+        self._localizers = {(localizer.resize, localizer.long_side): localizer}
+        self._default = localizer
+
+    @property
+    def model_name(self) -> str:
+        return self._default.name
+
+    @property
+    def has_retouched(self) -> bool:
+        """Whether the localizer draws a colour-mapped image I' (MadisNet)."""
+        return self._default.loaded.spec.eval_images is not None
+
+    def localizer(self, policy: str, long_side: int | None = None) -> Localizer:
+        """The localizer under `policy` (sharing the loaded model)."""
+        if policy not in POLICIES:
+            raise DemoError(f"unknown resolution policy {policy!r}; use one of {POLICIES}")
+        long_side = int(long_side or DEFAULT_LONG_SIDE) if policy == "long_side" else None
+        key = (policy, long_side)
+        if key not in self._localizers:
+            try:
+                self._localizers[key] = Localizer(self._default.loaded, resize=policy,
+                                                  long_side=long_side)
+            except ValueError as e:
+                raise DemoError(str(e)) from e
+        return self._localizers[key]
+
+    def analyze(self, path: str | None, policy: str = "train", long_side: int | None = None,
+                mask_path: str | None = None) -> Result:
+        """Localizes the inharmonious region of the photo at `path` and, with a harmonizer,
+        harmonizes it (or the region of the user's mask at `mask_path`)."""
+        start = time.perf_counter()
+        photo = load_photo(path, self.max_pixels)
+        decoded = time.perf_counter()
+        localizer = self.localizer(policy, long_side)
+        plan = localizer.plan(*photo.shape[:2])
+        if plan.padded[0] * plan.padded[1] > self.max_run_pixels:
+            raise DemoError(f"policy {policy} would run the model at {plan.padded[1]}×"
+                            f"{plan.padded[0]}, more than {self.max_run_pixels / 1e6:.1f} MP "
+                            "(--max_run_pixels): choose long_side or train")
+        compiled = localizer.compile_seconds
+        out = localizer.predict([photo])[0]
+        compile_s = localizer.compile_seconds - compiled
+        prob = out["mask"]
+        region = binary_mask(prob)
+        localized = time.perf_counter()
+        if mask_path:
+            try:
+                region = as_mask(mask_path, photo.shape[:2])
+            except (jimages.BadImageError, ValueError) as e:
+                raise DemoError(f"the mask {os.path.basename(mask_path)} is not usable: {e}") from e
+        harmonized = self.harmonizer(photo, region) if self.harmonizer is not None else None
+        done = time.perf_counter()
+        retouched = out.get("retouched")
+        return Result(
+            photo=photo, probability=np.rint(prob * 255).astype(np.uint8),
+            overlay=visualize.overlay(photo, region), region=region,
+            retouched=None if retouched is None else np.rint(retouched * 255).astype(np.uint8),
+            harmonized=harmonized, policy=policy, run_size=plan.run,
+            seconds={"decode": decoded - start, "localize": localized - decoded,
+                     "harmonize": done - localized, "compile": compile_s, "total": done - start})
+
+    def warm_up(self, policy: str = "train", long_side: int | None = None) -> float:
+        """Compiles the train-size program (and the harmonizer's) before the first upload;
+        returns the seconds it took. (Other policies compile per photo size.)"""
+        start = time.perf_counter()
+        side = self._default.train_size
+        photo = np.zeros((side, side, 3), np.uint8)
+        self.localizer(policy, long_side).predict([photo])
+        if self.harmonizer is not None:
+            region = np.zeros((side, side), bool)
+            region[: side // 2] = True
+            self.harmonizer(photo, region)
+        return time.perf_counter() - start
+
+
+def write_samples(directory: str, count: int = 4, size: int = 384, seed: int = 0) -> list[str]:
+    """Writes `count` composites of the embedded synthetic test split as PNGs (the same ones on
+    every start) and returns their paths: the page's sample photos."""
+    os.makedirs(directory, exist_ok=True)
+    paths = []
+    for index in range(count):
+        example = synthetic.generate_example("test", index, image_size=size, seed=seed)
+        path = os.path.join(directory, f"sample_{index}_{example['photo']}.png")
+        if not os.path.exists(path):
+            visualize.save_png(path, example["composite"])
+        paths.append(path)
+    return paths

@@ -1,0 +1,112 @@
+"""The demo's web page (Gradio): upload or drop a photo, see the photo, the probability mask, the
+overlay, MadisNet's colour-mapped I' and, with a harmonizer, the harmonized photo with a toggle
+to compare it with the input. Everything the page computes comes from `core.Demo.analyze`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from jirl.demo.core import DEFAULT_LONG_SIDE, Demo, DemoError, Result
+from jirl.inference import POLICIES
+
+# Gradio must not phone home: the demo is offline (no analytics, no update check, no telemetry).
+OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
+               "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1"}
+
+IMAGE_HEIGHT = 340  # pixels of page per picture; the picture itself keeps the photo's size
+SHOWN = ("harmonized", "input")  # the compare toggle's two states
+POLICY_HELP = ("train: resized to the training size, as the official evaluation (fast, one "
+               "program); native: the photo's own size; long_side: resized to that longer side")
+
+
+def import_gradio():
+    """gradio, imported offline; a clear error when the demo extra is not installed."""
+    os.environ.update({k: v for k, v in OFFLINE_ENV.items() if k not in os.environ})
+    try:
+        import gradio
+    except ImportError as e:
+        raise ImportError("the demo needs Gradio: pip install 'jirl[demo]'") from e
+    return gradio
+
+
+def _error(message: str) -> str:
+    return f"**Error:** {message}"
+
+
+def compare_view(result: Result | None, shown: str) -> np.ndarray | None:
+    """The picture in the harmonized panel: the harmonized photo or, toggled, the input."""
+    if result is None or result.harmonized is None:
+        return None
+    return result.photo if shown == "input" else result.harmonized
+
+
+def build_app(demo: Demo, samples: list[str] = (), title: str = "jirl demo") -> Any:
+    """The page as a gradio.Blocks (not launched)."""
+    gr = import_gradio()
+    harmonizer = demo.harmonizer.name if demo.harmonizer is not None else None
+
+    def run(photo_path, policy, long_side, mask_path, shown):
+        """The page's one event: analyze, then fill every panel (or show why not)."""
+        if not photo_path:  # cleared
+            return ("Upload a photo.", None, None, None, None, None, None)
+        try:
+            result = demo.analyze(photo_path, policy, long_side, mask_path)
+        except DemoError as e:
+            return (_error(str(e)), None, None, None, None, None, None)
+        return (result.summary(demo.model_name, harmonizer), result.photo, result.probability,
+                result.overlay, result.retouched, compare_view(result, shown), result)
+
+    def panel(label: str, elem_id: str, **kwargs):
+        """An output picture, sent losslessly (PNG) at the photo's size."""
+        return gr.Image(label=label, format="png", interactive=False, height=IMAGE_HEIGHT,
+                        buttons=["download", "fullscreen"], elem_id=elem_id, scale=1, **kwargs)
+
+    with gr.Blocks(title=title, analytics_enabled=False) as app:
+        gr.Markdown(f"# {title}\nLocalizer: **{demo.model_name}**"
+                    + (f" · harmonizer: **{harmonizer}**" if harmonizer else "")
+                    + ". Upload or drop a photo: the page marks the region whose colour or "
+                    "lighting does not match the rest.")
+        with gr.Row():
+            with gr.Column(scale=1, min_width=260):
+                photo = gr.File(label="Photo (drop or click)", elem_id="jirl-photo")
+                policy = gr.Radio(list(POLICIES), value="train", label="Resolution policy",
+                                  info=POLICY_HELP, elem_id="jirl-policy")
+                long_side = gr.Number(DEFAULT_LONG_SIDE, label="long_side (pixels)", precision=0,
+                                      minimum=32, elem_id="jirl-long-side")
+                mask = gr.File(label="Your own mask (optional): harmonize this region instead",
+                               elem_id="jirl-mask", visible=harmonizer is not None)
+                button = gr.Button("Run", variant="primary", elem_id="jirl-run")
+                if samples:
+                    gr.Examples([[p] for p in samples], inputs=[photo],
+                                label="Sample composites (embedded synthetic test split)")
+            with gr.Column(scale=3):
+                status = gr.Markdown("Upload a photo.", elem_id="jirl-status")
+                with gr.Row():
+                    shown_photo = panel("Photo", "jirl-out-photo")
+                    probability = panel("Probability mask", "jirl-out-mask", image_mode="L")
+                    overlay = panel("Overlay (binary mask)", "jirl-out-overlay")
+                with gr.Row():
+                    retouched = panel("Colour-mapped I′ (MadisNet)", "jirl-out-retouched",
+                                      visible=demo.has_retouched)
+                    harmonized = panel("Harmonized", "jirl-out-harmonized",
+                                       visible=harmonizer is not None)
+                    with gr.Column(scale=1, visible=harmonizer is not None):
+                        shown = gr.Radio(list(SHOWN), value="harmonized",
+                                         label="The harmonized panel shows",
+                                         info="compare the harmonized photo with the input",
+                                         elem_id="jirl-compare")
+                    shown_slots = int(demo.has_retouched) + 2 * (harmonizer is not None)
+                    for _ in range(3 - shown_slots if shown_slots else 0):
+                        gr.Column(scale=1)  # keeps every panel a third of the row wide
+        last = gr.State(None)
+        outputs = [status, shown_photo, probability, overlay, retouched, harmonized, last]
+        inputs = [photo, policy, long_side, mask, shown]
+        photo.change(run, inputs, outputs)  # an upload, a drop or a sample picked
+        mask.change(run, inputs, outputs)
+        button.click(run, inputs, outputs)
+        shown.change(compare_view, [last, shown], [harmonized])
+    return app

@@ -1,0 +1,157 @@
+"""jirl.demo's work behind the page (tiny models, small photos): the same pictures as
+jirl.Localizer / jirl.Harmonizer, every resolution policy, bad uploads as messages."""
+
+import os
+
+import chex
+import numpy as np
+import pytest
+from jirl_testing import (
+    run,
+    subprocess_env,
+    tiny_checkpoint,
+    tiny_dirl_config,
+    tiny_madisnet_config,
+    tiny_rainnet_config,
+)
+from PIL import Image
+
+from jirl import inference, visualize
+from jirl.data import synthetic
+from jirl.demo import Demo, DemoError, write_samples
+from jirl.demo.page import build_app, compare_view
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    dirl = tiny_checkpoint(root / "dirl", tiny_dirl_config())[0]
+    rainnet = tiny_checkpoint(root / "rainnet", tiny_rainnet_config())[0]
+    return dirl, rainnet
+
+
+@pytest.fixture(scope="module")
+def demo(checkpoints):
+    localizer = inference.Localizer.from_checkpoint(checkpoints[0], dtype="float32")
+    return Demo(localizer, inference.Harmonizer.from_checkpoint(checkpoints[1]))
+
+
+def _photo_file(directory, h=40, w=60, seed=0, name="photo.png"):
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (h // 4, w // 4, 3), np.uint8)
+    photo = np.asarray(Image.fromarray(small).resize((w, h), Image.BILINEAR))
+    path = os.path.join(directory, name)
+    Image.fromarray(photo).save(path)
+    return path, photo
+
+
+def test_analyze_shows_what_localizer_and_harmonizer_return_at_the_photos_size(demo, tmp_path):
+    path, photo = _photo_file(tmp_path)
+    result = demo.analyze(path, "train")
+    chex.assert_shape([result.photo, result.overlay, result.harmonized], (40, 60, 3))
+    chex.assert_shape([result.probability, result.region], (40, 60))
+    np.testing.assert_array_equal(result.photo, photo)
+    # The same inference path as predict.py: Localizer's map, the official binary mask, overlay.
+    prob = inference.Localizer.from_checkpoint(demo.localizer("train").loaded.checkpoint,
+                                               dtype="float32")(photo)
+    np.testing.assert_array_equal(result.probability, np.rint(prob * 255).astype(np.uint8))
+    region = inference.binary_mask(prob)
+    assert 0 < region.mean() < 1
+    np.testing.assert_array_equal(result.region, region)
+    np.testing.assert_array_equal(result.overlay, visualize.overlay(photo, region))
+    np.testing.assert_array_equal(result.harmonized, demo.harmonizer(photo, region))
+    assert result.retouched is None and not demo.has_retouched
+    assert result.run_size == (32, 32)
+    assert set(result.seconds) == {"decode", "localize", "harmonize", "compile", "total"}
+    text = result.summary("dirl", "rainnet")
+    assert "60×40" in text and "32×32" in text and "harmonize (rainnet)" in text
+
+
+@pytest.mark.parametrize("policy, long_side, run_size", [("native", None, (40, 60)),
+                                                          ("long_side", 48, (32, 48))])
+def test_every_policy_keeps_the_photos_size_and_one_localizer_each(demo, tmp_path, policy,
+                                                                     long_side, run_size):
+    path, _ = _photo_file(tmp_path)
+    result = demo.analyze(path, policy, long_side)
+    assert result.run_size == run_size and result.probability.shape == (40, 60)
+    assert demo.localizer(policy, long_side) is demo.localizer(policy, long_side)
+    assert demo.localizer(policy, long_side).resize == policy
+
+
+def test_compare_toggle_shows_the_input_or_the_harmonized_photo(demo, tmp_path):
+    result = demo.analyze(_photo_file(tmp_path)[0])
+    assert compare_view(result, "harmonized") is result.harmonized
+    assert compare_view(result, "input") is result.photo
+    assert compare_view(None, "input") is None
+
+
+def test_a_users_mask_is_the_region_harmonized(demo, tmp_path):
+    path, photo = _photo_file(tmp_path)
+    mask = np.zeros((40, 60), np.uint8)
+    mask[6:24, 10:40] = 255  # even edges: the half-size file resizes back exactly
+    Image.fromarray(mask[::2, ::2]).save(tmp_path / "mask.png")  # half size: resized nearest
+    result = demo.analyze(path, mask_path=str(tmp_path / "mask.png"))
+    np.testing.assert_array_equal(result.region, mask > 0)
+    np.testing.assert_array_equal(result.harmonized[mask == 0], photo[mask == 0])
+    assert (result.harmonized[mask > 0] != photo[mask > 0]).any()
+
+
+def test_bad_uploads_are_messages(demo, tmp_path):
+    (tmp_path / "notes.txt").write_text("not a photo")
+    good, _ = _photo_file(tmp_path)
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(open(good, "rb").read()[:200])
+    Image.new("RGB", (300, 200)).save(tmp_path / "big.png")
+    cases = {
+        None: "upload a photo first",
+        str(tmp_path / "gone.png"): "is gone",
+        str(tmp_path / "notes.txt"): "notes.txt is not a usable image: cannot decode",
+        str(corrupt): "corrupt.jpg is not a usable image",
+    }
+    for path, message in cases.items():
+        with pytest.raises(DemoError, match=message):
+            demo.analyze(path)
+    small = Demo(demo.localizer("train"), max_pixels=300 * 200 - 1, max_run_pixels=64 * 64)
+    with pytest.raises(DemoError, match=r"300×200 \(0 MP\), more than this demo accepts"):
+        small.analyze(str(tmp_path / "big.png"))
+    with pytest.raises(DemoError, match="run the model at 96×64, more than 0.0 MP"):
+        small.analyze(_photo_file(tmp_path, 64, 90, name="wide.png")[0], "native")
+    with pytest.raises(DemoError, match="unknown resolution policy 'huge'"):
+        demo.analyze(good, "huge")
+    with pytest.raises(DemoError, match="the mask notes.txt is not usable"):
+        demo.analyze(good, mask_path=str(tmp_path / "notes.txt"))
+
+
+def test_madisnet_shows_its_colour_mapped_image(tmp_path):
+    path = tiny_checkpoint(tmp_path / "madisnet", tiny_madisnet_config())[0]
+    localizer = inference.Localizer.from_checkpoint(path, dtype="float32")
+    demo = Demo(localizer)
+    assert demo.has_retouched and demo.harmonizer is None
+    photo_path, photo = _photo_file(tmp_path)
+    result = demo.analyze(photo_path)
+    expected = localizer.predict([photo])[0]["retouched"]
+    chex.assert_shape(result.retouched, (40, 60, 3))
+    np.testing.assert_array_equal(result.retouched, np.rint(expected * 255).astype(np.uint8))
+    assert result.harmonized is None and "harmonize" not in result.summary("madisnet", None)
+
+
+def test_samples_are_the_embedded_test_composites(tmp_path):
+    paths = write_samples(str(tmp_path), count=2, size=64)
+    assert write_samples(str(tmp_path), count=2, size=64) == paths
+    for index, path in enumerate(paths):
+        expected = synthetic.generate_example("test", index, image_size=64)["composite"]
+        np.testing.assert_array_equal(np.asarray(Image.open(path)), expected)
+
+
+def test_the_page_builds_with_the_panels_of_its_models(demo):
+    page = build_app(demo, [])
+    ids = {getattr(block, "elem_id", None): block for block in page.blocks.values()}
+    assert {"jirl-photo", "jirl-status", "jirl-out-mask", "jirl-out-harmonized"} <= set(ids)
+    assert not ids["jirl-out-retouched"].visible and ids["jirl-out-harmonized"].visible
+
+
+def test_demo_cli_reports_a_bad_checkpoint(tmp_path):
+    proc = run(["-m", "jirl.demo", "--checkpoint", str(tmp_path / "none"), "--compile_cache", ""],
+               subprocess_env(), check=False, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "jirl.demo:" in proc.stderr and "none" in proc.stderr
