@@ -47,7 +47,7 @@ class Result:
         """One Markdown line: sizes, region share and the time per stage."""
         h, w = self.photo.shape[:2]
         s = self.seconds
-        parts = [f"**{model}** on {w}×{h} (policy `{self.policy}`, run at "
+        parts = [f"**{model}** on {w}×{h} (policy {self.policy}, run at "
                  f"{self.run_size[1]}×{self.run_size[0]}): region {self.region.mean():.1%} of "
                  f"the photo; localize {s['localize']:.2f} s"]
         if self.harmonized is not None:
