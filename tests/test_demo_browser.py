@@ -37,13 +37,14 @@ def _photo(path, h, w, seed=0):
     return photo
 
 
-def test_upload_shows_the_mask_at_the_photos_aspect_and_a_corrupt_file_an_error(chromium, tmp_path):
+def test_upload_shows_the_mask_at_the_photos_aspect_and_bad_files_an_error(chromium, tmp_path):
     dirl = tiny_checkpoint(tmp_path / "dirl", tiny_dirl_config())[0]
     rainnet = tiny_checkpoint(tmp_path / "rainnet", tiny_rainnet_config())[0]
     photo = _photo(tmp_path / "photo.png", 64, 96)  # 3:2, the model runs at 32 x 32
     (tmp_path / "corrupt.jpg").write_bytes((tmp_path / "photo.png").read_bytes()[:300])
+    _photo(tmp_path / "huge.png", 80, 120)  # above --max_pixels
     args = ["--checkpoint", dirl, "--harmonizer", rainnet, "--compile_cache", "", "--samples", "2",
-            "--dtype", "float32"]
+            "--dtype", "float32", "--max_pixels", "8000"]
     artifacts = os.environ.get("JIRL_ARTIFACTS") or str(tmp_path)
     with browser.DemoServer(args, free_port(), env=subprocess_env()) as server, \
             browser.DemoBrowser(server.url) as page:
@@ -64,8 +65,9 @@ def test_upload_shows_the_mask_at_the_photos_aspect_and_a_corrupt_file_an_error(
         page.click("#jirl-compare input[value='input']")
         page.wait_for_change("jirl-out-harmonized", before)
         np.testing.assert_array_equal(page.image_pixels("jirl-out-harmonized"), photo)
+        before = page.image_src("jirl-out-harmonized")
         page.click("#jirl-compare input[value='harmonized']")
-        page.wait_for_change("jirl-out-harmonized", page.image_src("jirl-out-harmonized"))
+        page.wait_for_change("jirl-out-harmonized", before)
         np.testing.assert_array_equal(page.image_pixels("jirl-out-harmonized"), harmonized)
         shot = page.screenshot(os.path.join(artifacts, "demo_browser.png"))
         # A corrupt upload is a message on the page; the server goes on serving.
@@ -73,6 +75,10 @@ def test_upload_shows_the_mask_at_the_photos_aspect_and_a_corrupt_file_an_error(
         page.upload(str(tmp_path / "corrupt.jpg"))
         assert page.status().startswith("Error: corrupt.jpg is not a usable image"), page.status()
         assert page.image_size("jirl-out-mask") is None
+        page.clear()
+        page.upload(str(tmp_path / "huge.png"))
+        assert page.status().startswith("Error: the photo is 120×80 (0 MP), more than this demo "
+                                         "accepts"), page.status()
         page.clear()
         page.upload(str(tmp_path / "photo.png"))
         assert page.image_size("jirl-out-mask") == (96, 64)
