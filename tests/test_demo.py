@@ -2,6 +2,7 @@
 jirl.Localizer / jirl.Harmonizer, every resolution policy, bad uploads as messages."""
 
 import os
+import socket
 
 import chex
 import numpy as np
@@ -150,8 +151,17 @@ def test_the_page_builds_with_the_panels_of_its_models(demo):
     assert not ids["jirl-out-retouched"].visible and ids["jirl-out-harmonized"].visible
 
 
-def test_demo_cli_reports_a_bad_checkpoint(tmp_path):
-    proc = run(["-m", "jirl.demo", "--checkpoint", str(tmp_path / "none"), "--compile_cache", ""],
-               subprocess_env(), check=False, timeout=120)
+def test_demo_cli_reports_a_bad_checkpoint_and_a_busy_port(checkpoints, tmp_path):
+    common = ["-m", "jirl.demo", "--compile_cache", "", "--samples", "0", "--nowarmup"]
+    proc = run([*common, "--checkpoint", str(tmp_path / "none")], subprocess_env(), check=False,
+               timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "jirl.demo:" in proc.stderr and "none" in proc.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = run([*common, "--checkpoint", checkpoints[0], "--port", str(port)],
+                   subprocess_env(), check=False, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"jirl.demo: cannot listen on 127.0.0.1:{port}" in proc.stderr

@@ -83,5 +83,6 @@ def test_upload_shows_the_mask_at_the_photos_aspect_and_bad_files_an_error(chrom
         page.upload(str(tmp_path / "photo.png"))
         assert page.image_size("jirl-out-mask") == (96, 64)
         assert server.process.poll() is None
+        assert f"http://127.0.0.1:{server.port}" in server.output()  # loopback by default
     assert os.path.getsize(shot) > 10_000
     print(f"screenshot: {shot}")

@@ -67,8 +67,14 @@ def main(argv) -> int:
     samples = core.write_samples(tempfile.mkdtemp(prefix="jirl-demo-samples-"), FLAGS.samples)
     page = build_app(demo, samples)
     page.queue(default_concurrency_limit=1)  # one model call at a time
-    page.launch(server_name=FLAGS.host, server_port=FLAGS.port, max_file_size=f"{FLAGS.max_file_mb}mb",
-                ssr_mode=False, share=False, inbrowser=False, footer_links=[])
+    try:
+        page.launch(server_name=FLAGS.host, server_port=FLAGS.port,
+                    max_file_size=f"{FLAGS.max_file_mb}mb", ssr_mode=False, share=False,
+                    inbrowser=False, footer_links=[])
+    except OSError as e:
+        print(f"jirl.demo: cannot listen on {FLAGS.host}:{FLAGS.port} ({e}); choose another "
+              "--port", file=sys.stderr)
+        return 2
     return 0
 
 
