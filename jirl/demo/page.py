@@ -89,19 +89,19 @@ def build_app(demo: Demo, samples: list[str] = (), title: str = "jirl demo") -> 
                     shown_photo = panel("Photo", "jirl-out-photo")
                     probability = panel("Probability mask", "jirl-out-mask", image_mode="L")
                     overlay = panel("Overlay (binary mask)", "jirl-out-overlay")
-                with gr.Row():
-                    retouched = panel("Colour-mapped I′ (MadisNet)", "jirl-out-retouched",
-                                      visible=demo.has_retouched)
-                    harmonized = panel("Harmonized", "jirl-out-harmonized",
-                                       visible=harmonizer is not None)
-                    with gr.Column(scale=1, visible=harmonizer is not None):
+                with gr.Row():  # the harmonized photo (2/3 of the row) with its toggle, then I'
+                    with gr.Column(scale=2, visible=harmonizer is not None):
+                        harmonized = panel("Harmonized", "jirl-out-harmonized",
+                                           visible=harmonizer is not None)
                         shown = gr.Radio(list(SHOWN), value="harmonized",
-                                         label="The harmonized panel shows",
+                                         label="The harmonized panel shows", show_label=False,
                                          info="compare the harmonized photo with the input",
                                          elem_id="jirl-compare")
-                    shown_slots = int(demo.has_retouched) + 2 * (harmonizer is not None)
-                    for _ in range(3 - shown_slots if shown_slots else 0):
-                        gr.Column(scale=1)  # keeps every panel a third of the row wide
+                    retouched = panel("Colour-mapped I′ (MadisNet)", "jirl-out-retouched",
+                                      visible=demo.has_retouched)
+                    used = 2 * (harmonizer is not None) + demo.has_retouched
+                    if 0 < used < 3:
+                        gr.Column(scale=3 - used)  # every panel as wide as those above
         last = gr.State(None)
         outputs = [status, shown_photo, probability, overlay, retouched, harmonized, last]
         inputs = [photo, policy, long_side, mask, shown]
