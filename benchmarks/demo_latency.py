@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--size", default="768x512", help="photo WIDTHxHEIGHT")
     parser.add_argument("--policy", default="train", choices=["train", "native", "long_side"])
     parser.add_argument("--repeats", type=int, default=5, help="uploads after the first")
+    parser.add_argument("--start", type=int, default=0, help="index of the first composite")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--port", type=int, default=7871)
     parser.add_argument("--screenshot", default=None, help="PNG of the page with the first result")
@@ -57,7 +58,7 @@ def main() -> None:
     width, height = (int(v) for v in args.size.lower().split("x"))
     folder = tempfile.mkdtemp(prefix="jirl-demo-latency-")
     paths = []
-    for i in range(args.repeats + 1):
+    for i in range(args.start, args.start + args.repeats + 1):
         paths.append(os.path.join(folder, f"composite_{i}_{width}x{height}.png"))
         Image.fromarray(composite(i, height, width)).save(paths[-1])
     server_args = ["--checkpoint", args.checkpoint, "--dtype", args.dtype, "--compile_cache", "",
@@ -80,7 +81,8 @@ def main() -> None:
                     page.screenshot(args.screenshot)
             shown = page.image_size("jirl-out-mask")
     print(json.dumps({
-        "benchmark": "demo_latency", "photo": [width, height], "policy": args.policy,
+        "benchmark": "demo_latency", "photo": [width, height], "composites": [
+            args.start, args.start + args.repeats], "policy": args.policy,
         "checkpoint": args.checkpoint, "harmonizer": args.harmonizer, "dtype": args.dtype,
         "server_ready_s": round(server.ready_seconds, 2), "page_load_s": round(page_seconds, 2),
         "first_upload_to_result_s": round(seconds[0], 3),

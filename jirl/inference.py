@@ -19,6 +19,7 @@ The localizer's resolution policies (`resize`):
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -165,6 +166,15 @@ def _pad_reflect(x: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.pad(x, pads, mode="reflect" if min(h, w) > 1 else "edge")
 
 
+def _check_policy(resize: str, long_side: int | None) -> None:
+    if resize not in POLICIES:
+        raise ValueError(f"resize={resize!r}; use one of {POLICIES}")
+    if (resize == "long_side") != (long_side is not None):
+        raise ValueError("long_side=N goes with resize='long_side' (and only with it)")
+    if long_side is not None and long_side < SIZE_MULTIPLE:
+        raise ValueError(f"long_side must be >= {SIZE_MULTIPLE}, got {long_side}")
+
+
 class Localizer:
     """A localizer checkpoint as a function: photo -> float32 probability mask [H, W] of the
     inharmonious region, at the photo's own size (see the module doc for `resize`).
@@ -179,12 +189,7 @@ class Localizer:
         if spec.task != "localization":
             raise ValueError(f"{config.model.name} is a {spec.task} model, not a localizer: use "
                              "jirl.Harmonizer (predict.py --harmonizer)")
-        if resize not in POLICIES:
-            raise ValueError(f"resize={resize!r}; use one of {POLICIES}")
-        if (resize == "long_side") != (long_side is not None):
-            raise ValueError("long_side=N goes with resize='long_side' (and only with it)")
-        if long_side is not None and long_side < SIZE_MULTIPLE:
-            raise ValueError(f"long_side must be >= {SIZE_MULTIPLE}, got {long_side}")
+        _check_policy(resize, long_side)
         self.loaded, self.resize, self.long_side = loaded, resize, long_side
         self.augment = transforms.AugmentConfig.from_data_config(config.data)
         self.mean = np.asarray(config.data.mean, np.float32)
@@ -199,6 +204,14 @@ class Localizer:
         by default in bf16 on a CPU with bf16 units (`inference_dtype`)."""
         return cls(load_checkpoint(path, config=config, dtype=dtype), resize=resize,
                    long_side=long_side)
+
+    def with_policy(self, resize: str, long_side: int | None = None) -> Localizer:
+        """This localizer under another resolution policy, sharing its model and its compiled
+        programs (a shape compiled under one policy is not compiled again under another)."""
+        _check_policy(resize, long_side)
+        other = copy.copy(self)
+        other.resize, other.long_side = resize, long_side
+        return other
 
     @property
     def name(self) -> str:

@@ -20,7 +20,7 @@ from PIL import Image
 from jirl import inference, visualize
 from jirl.data import synthetic
 from jirl.demo import Demo, DemoError, write_samples
-from jirl.demo.page import build_app, compare_view
+from jirl.demo.page import Pictures, build_app, compare_view
 
 
 @pytest.fixture(scope="module")
@@ -79,11 +79,26 @@ def test_every_policy_keeps_the_photos_size_and_one_localizer_each(demo, tmp_pat
     assert demo.localizer(policy, long_side).resize == policy
 
 
-def test_compare_toggle_shows_the_input_or_the_harmonized_photo(demo, tmp_path):
+def test_policies_share_the_compiled_programs(demo, tmp_path):
+    demo.analyze(_photo_file(tmp_path)[0], "train")  # compiles (or has compiled) 32 x 32
+    square = demo.analyze(_photo_file(tmp_path, 32, 32, name="square.png")[0], "native")
+    assert square.run_size == (32, 32) and square.seconds["compile"] == 0.0
+    assert demo.localizer("native").compilations == demo.localizer("train").compilations
+
+
+def test_pictures_are_lossless_files_and_the_toggle_picks_input_or_harmonized(demo, tmp_path):
     result = demo.analyze(_photo_file(tmp_path)[0])
-    assert compare_view(result, "harmonized") is result.harmonized
-    assert compare_view(result, "input") is result.photo
+    pictures = Pictures(keep=2)
+    files = pictures.save(result)
+    assert files["retouched"] is None
+    for name in ("photo", "probability", "overlay", "harmonized"):
+        np.testing.assert_array_equal(np.asarray(Image.open(files[name])), getattr(result, name))
+    assert compare_view(files, "harmonized") == files["harmonized"]
+    assert compare_view(files, "input") == files["photo"]
     assert compare_view(None, "input") is None
+    later = [pictures.save(result) for _ in range(2)]  # only the last `keep` results stay
+    assert not any(os.path.exists(p) for p in files.values() if p)
+    assert all(os.path.exists(p) for f in later for p in f.values() if p)
 
 
 def test_a_users_mask_is_the_region_harmonized(demo, tmp_path):
@@ -144,11 +159,19 @@ def test_samples_are_the_embedded_test_composites(tmp_path):
         np.testing.assert_array_equal(np.asarray(Image.open(path)), expected)
 
 
+def _blocks(page) -> dict:
+    return {getattr(block, "elem_id", None): block for block in page.blocks.values()}
+
+
 def test_the_page_builds_with_the_panels_of_its_models(demo):
-    page = build_app(demo, [])
-    ids = {getattr(block, "elem_id", None): block for block in page.blocks.values()}
+    ids = _blocks(build_app(demo, []))
     assert {"jirl-photo", "jirl-status", "jirl-out-mask", "jirl-out-harmonized"} <= set(ids)
     assert not ids["jirl-out-retouched"].visible and ids["jirl-out-harmonized"].visible
+    assert ids["jirl-policy"].value == "train"
+    # The page starts with the policy the demo's localizer was made with (--resize).
+    ids = _blocks(build_app(Demo(demo.localizer("train").with_policy("long_side", 96)), []))
+    assert ids["jirl-policy"].value == "long_side" and ids["jirl-long-side"].value == 96
+    assert not ids["jirl-out-harmonized"].visible
 
 
 def test_demo_cli_reports_a_bad_checkpoint_and_a_busy_port(checkpoints, tmp_path):

@@ -30,6 +30,8 @@ flags.DEFINE_string("host", "127.0.0.1", "Address to listen on: 127.0.0.1 (defau
                     "machine only; 0.0.0.0 every network interface.")
 flags.DEFINE_integer("port", 7860, "Port to listen on.")
 flags.DEFINE_enum("resize", "train", list(POLICIES), "The page's initial resolution policy.")
+flags.DEFINE_integer("long_side", core.DEFAULT_LONG_SIDE, "The page's initial long side (pixels) "
+                     "for --resize long_side.")
 flags.DEFINE_enum("dtype", "auto", list(DTYPES), "The localizer's compute dtype (as predict.py).")
 flags.DEFINE_integer("max_pixels", core.MAX_PIXELS, "Largest photo accepted (pixels).")
 flags.DEFINE_integer("max_run_pixels", core.MAX_RUN_PIXELS, "Largest size (pixels, padding "
@@ -54,7 +56,7 @@ def main(argv) -> int:
             enable_compile_cache(FLAGS.compile_cache)
         localizer = Localizer.from_checkpoint(
             FLAGS.checkpoint, dtype=FLAGS.dtype, resize=FLAGS.resize,
-            long_side=core.DEFAULT_LONG_SIDE if FLAGS.resize == "long_side" else None)
+            long_side=FLAGS.long_side if FLAGS.resize == "long_side" else None)
         harmonizer = Harmonizer.from_checkpoint(FLAGS.harmonizer) if FLAGS.harmonizer else None
         demo = core.Demo(localizer, harmonizer, max_pixels=FLAGS.max_pixels,
                          max_run_pixels=FLAGS.max_run_pixels)
@@ -63,7 +65,7 @@ def main(argv) -> int:
         return 2
     if FLAGS.warmup:
         print(f"compiling {demo.model_name} for {localizer.train_size} px ...", flush=True)
-        print(f"ready in {demo.warm_up(FLAGS.resize):.1f} s", flush=True)
+        print(f"ready in {demo.warm_up():.1f} s", flush=True)
     samples = core.write_samples(tempfile.mkdtemp(prefix="jirl-demo-samples-"), FLAGS.samples)
     page = build_app(demo, samples)
     page.queue(default_concurrency_limit=1)  # one model call at a time

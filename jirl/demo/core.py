@@ -86,8 +86,8 @@ def load_photo(path: str | None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 
 
 class Demo:
-    """A localizer (and optionally a harmonizer) behind the page, one Localizer per policy
-    (each keeps its compiled programs)."""
+    """A localizer (and optionally a harmonizer) behind the page, one Localizer per policy, all
+    sharing the model and its compiled programs (`Localizer.with_policy`)."""
 
     def __init__(self, localizer: Localizer, harmonizer: Harmonizer | None = None, *,
                  max_pixels: int = MAX_PIXELS, max_run_pixels: int = MAX_RUN_PIXELS):
@@ -99,6 +99,11 @@ class Demo:
     @property
     def model_name(self) -> str:
         return self._default.name
+
+    @property
+    def policy(self) -> tuple[str, int | None]:
+        """The resolution policy (and long side) the page starts with: the localizer's."""
+        return self._default.resize, self._default.long_side
 
     @property
     def has_retouched(self) -> bool:
@@ -113,8 +118,7 @@ class Demo:
         key = (policy, long_side)
         if key not in self._localizers:
             try:
-                self._localizers[key] = Localizer(self._default.loaded, resize=policy,
-                                                  long_side=long_side)
+                self._localizers[key] = self._default.with_policy(policy, long_side)
             except ValueError as e:
                 raise DemoError(str(e)) from e
         return self._localizers[key]
@@ -154,13 +158,13 @@ class Demo:
             seconds={"decode": decoded - start, "localize": localized - decoded,
                      "harmonize": done - localized, "compile": compile_s, "total": done - start})
 
-    def warm_up(self, policy: str = "train", long_side: int | None = None) -> float:
-        """Compiles the train-size program (and the harmonizer's) before the first upload;
-        returns the seconds it took. (Other policies compile per photo size.)"""
+    def warm_up(self) -> float:
+        """Compiles the program of a training-size photo (and the harmonizer's) before the first
+        upload; returns the seconds it took. (native / long_side compile per photo size.)"""
         start = time.perf_counter()
         side = self._default.train_size
         photo = np.zeros((side, side, 3), np.uint8)
-        self.localizer(policy, long_side).predict([photo])
+        self._default.predict([photo])
         if self.harmonizer is not None:
             region = np.zeros((side, side), bool)
             region[: side // 2] = True
