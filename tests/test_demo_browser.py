@@ -42,9 +42,11 @@ def test_upload_shows_the_mask_at_the_photos_aspect_and_bad_files_an_error(chrom
     rainnet = tiny_checkpoint(tmp_path / "rainnet", tiny_rainnet_config())[0]
     photo = _photo(tmp_path / "photo.png", 64, 96)  # 3:2, the model runs at 32 x 32
     (tmp_path / "corrupt.jpg").write_bytes((tmp_path / "photo.png").read_bytes()[:300])
-    _photo(tmp_path / "huge.png", 80, 120)  # above --max_pixels
+    _photo(tmp_path / "huge.png", 400, 400)  # above --max_pixels
+    noise = np.random.default_rng(1).integers(0, 256, (640, 640, 3), np.uint8)
+    Image.fromarray(noise).save(tmp_path / "heavy.png")  # a 1.2 MB file, above --max_file_mb
     args = ["--checkpoint", dirl, "--harmonizer", rainnet, "--compile_cache", "", "--samples", "2",
-            "--dtype", "float32", "--max_pixels", "8000"]
+            "--dtype", "float32", "--max_pixels", "150000", "--max_file_mb", "1"]
     artifacts = os.environ.get("JIRL_ARTIFACTS") or str(tmp_path)
     with browser.DemoServer(args, free_port(), env=subprocess_env()) as server, \
             browser.DemoBrowser(server.url) as page:
@@ -77,11 +79,19 @@ def test_upload_shows_the_mask_at_the_photos_aspect_and_bad_files_an_error(chrom
         assert page.image_size("jirl-out-mask") is None
         page.clear()
         page.upload(str(tmp_path / "huge.png"))
-        assert page.status().startswith("Error: the photo is 120×80 (0 MP), more than this demo "
+        assert page.status().startswith("Error: the photo is 400×400 (0 MP), more than this demo "
                                          "accepts"), page.status()
         page.clear()
         page.upload(str(tmp_path / "photo.png"))
         assert page.image_size("jirl-out-mask") == (96, 64)
+        # A file over --max_file_mb: Gradio refuses it before jirl sees it, with a message.
+        page.clear()
+        page.find("#jirl-photo input[type=file]").send_keys(str(tmp_path / "heavy.png"))
+        page.wait_until(lambda: "exceed the maximum allowed size" in page.text(), "the size error")
+        # A sample composite (here 384 x 384) runs when picked.
+        page.pick_sample(0)
+        assert page.status().startswith("dirl on 384×384"), page.status()
+        assert page.image_size("jirl-out-mask") == (384, 384)
         assert server.process.poll() is None
         assert f"http://127.0.0.1:{server.port}" in server.output()  # loopback by default
     assert os.path.getsize(shot) > 10_000

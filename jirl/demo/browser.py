@@ -106,14 +106,14 @@ class DemoBrowser:
 
     def __enter__(self) -> DemoBrowser:
         self.driver.get(self.url)
-        self._wait(lambda: self.status() != "", "the page to load")
+        self.wait_until(lambda: self.status() != "", "the page to load")
         return self
 
     def __exit__(self, *exc) -> None:
         self.driver.quit()
         shutil.rmtree(self._profile, ignore_errors=True)
 
-    def _wait(self, condition, what: str) -> None:
+    def wait_until(self, condition, what: str) -> None:
         start = time.perf_counter()
         while not condition():
             if time.perf_counter() - start > self.timeout:
@@ -121,7 +121,7 @@ class DemoBrowser:
                                    f"{self.status()!r}")
             time.sleep(0.05)
 
-    def _find(self, css: str):
+    def find(self, css: str):
         from selenium.webdriver.common.by import By
 
         found = self.driver.find_elements(By.CSS_SELECTOR, css)
@@ -129,7 +129,7 @@ class DemoBrowser:
 
     def status(self) -> str:
         """The status line's text ("" before the page has rendered it)."""
-        element = self._find("#jirl-status")
+        element = self.find("#jirl-status")
         return element.text.strip() if element is not None else ""
 
     def image_src(self, elem_id: str) -> str | None:
@@ -164,20 +164,15 @@ class DemoBrowser:
 
     def wait_for_change(self, elem_id: str, before: str | None) -> None:
         """Waits until panel `elem_id` shows a loaded picture other than the one at `before`."""
-        self._wait(lambda: self.image_src(elem_id) not in (None, before),
+        self.wait_until(lambda: self.image_src(elem_id) not in (None, before),
                    f"a new picture in #{elem_id}")
 
-    def upload(self, path: str, elem_id: str = "jirl-photo", result_panel: str = "jirl-out-mask"
-               ) -> float:
-        """Uploads `path` to the file input of `elem_id` and waits until the page shows a new
-        status and either an error or a new, fully loaded picture in `result_panel`; returns the
-        seconds from the upload to then."""
+    def _until_result(self, action, what: str, result_panel: str) -> float:
+        """Runs `action`, then waits until the page shows a new status and either an error or a
+        new, fully loaded picture in `result_panel`; returns the seconds it took."""
         before_status, before_src = self.status(), self.image_src(result_panel)
-        file_input = self._find(f"#{elem_id} input[type=file]")
-        if file_input is None:
-            raise RuntimeError(f"no file input in #{elem_id}")
         start = time.perf_counter()
-        file_input.send_keys(os.path.abspath(path))
+        action()
 
         def shown() -> bool:
             status = self.status()
@@ -188,19 +183,39 @@ class DemoBrowser:
             src = self.image_src(result_panel)
             return src is not None and src != before_src
 
-        self._wait(shown, f"the result of {os.path.basename(path)}")
+        self.wait_until(shown, what)
         return time.perf_counter() - start
+
+    def upload(self, path: str, elem_id: str = "jirl-photo", result_panel: str = "jirl-out-mask"
+               ) -> float:
+        """Uploads `path` to the file input of `elem_id`; the seconds until the result (or an
+        error) is on the page."""
+        file_input = self.find(f"#{elem_id} input[type=file]")
+        if file_input is None:
+            raise RuntimeError(f"no file input in #{elem_id}")
+        return self._until_result(lambda: file_input.send_keys(os.path.abspath(path)),
+                                  f"the result of {os.path.basename(path)}", result_panel)
+
+    def pick_sample(self, index: int, result_panel: str = "jirl-out-mask") -> float:
+        """Clicks sample composite `index`; the seconds until its result is on the page."""
+        buttons = self.driver.find_elements("css selector", "#jirl-samples button.gallery-item")
+        return self._until_result(buttons[index].click, f"the result of sample {index}",
+                                  result_panel)
+
+    def text(self) -> str:
+        """All the text on the page (Gradio's error pop-ups included)."""
+        return self.driver.execute_script("return document.body.innerText")
 
     def clear(self, elem_id: str = "jirl-photo") -> None:
         """Empties the file input (its clear button), so that the next upload is a change."""
-        button = self._find(f"#{elem_id} button[aria-label='Clear']")
+        button = self.find(f"#{elem_id} button[aria-label='Clear']")
         if button is not None:
             button.click()
-            self._wait(lambda: self._find(f"#{elem_id} input[type=file]") is not None,
+            self.wait_until(lambda: self.find(f"#{elem_id} input[type=file]") is not None,
                        "the upload area")
 
     def click(self, css: str) -> None:
-        self._find(css).click()
+        self.find(css).click()
 
     def screenshot(self, path: str) -> str:
         """A PNG of the whole page (the window is made as tall as the page first)."""

@@ -122,7 +122,7 @@ def build_app(demo: Demo, samples: list[str] = (), title: str = "jirl demo") -> 
                                elem_id="jirl-mask", visible=harmonizer is not None)
                 button = gr.Button("Run", variant="primary", elem_id="jirl-run")
                 if samples:
-                    gr.Examples([[p] for p in samples], inputs=[photo],
+                    gr.Examples([[p] for p in samples], inputs=[photo], elem_id="jirl-samples",
                                 label="Sample composites (embedded synthetic test split)")
             with gr.Column(scale=3):
                 status = gr.Markdown("Upload a photo.", elem_id="jirl-status")
