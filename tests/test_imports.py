@@ -28,8 +28,13 @@ FORBIDDEN = {
     ),
     # inference restores checkpoints and places arrays, but never reaches the training loop
     "jirl.inference": ("jirl.training.loop", "jirl.training.steps", "jirl.training.state",
-                       "jirl.training.optim", "jirl.training.evaluate", "jirl.predict"),
-    "jirl.training": ("jirl.inference", "jirl.predict", "jirl.ablation"),
+                       "jirl.training.optim", "jirl.training.evaluate", "jirl.predict", "jirl.demo"),
+    "jirl.training": ("jirl.inference", "jirl.predict", "jirl.ablation", "jirl.demo"),
+    # the demo page sits on top: it runs inference, never the training loop, and nothing
+    # below it imports it
+    "jirl.demo": ("jirl.training.loop", "jirl.training.steps", "jirl.training.state",
+                  "jirl.training.optim", "jirl.training.evaluate", "jirl.ablation"),
+    "jirl.predict": ("jirl.demo",),
 }
 
 

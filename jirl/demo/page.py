@@ -10,6 +10,7 @@ import collections
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from typing import Any
 
 from PIL import Image
@@ -79,7 +80,7 @@ def compare_view(pictures: dict | None, shown: str) -> str | None:
     return pictures["photo"] if shown == "input" else pictures["harmonized"]
 
 
-def build_app(demo: Demo, samples: list[str] = (), title: str = "jirl demo") -> Any:
+def build_app(demo: Demo, samples: Sequence[str] = (), title: str = "jirl demo") -> Any:
     """The page as a gradio.Blocks (not launched)."""
     gr = import_gradio()
     harmonizer = demo.harmonizer.name if demo.harmonizer is not None else None
