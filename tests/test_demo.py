@@ -20,7 +20,7 @@ from PIL import Image
 from jirl import inference, visualize
 from jirl.data import synthetic
 from jirl.demo import Demo, DemoError, write_samples
-from jirl.demo.page import Pictures, build_app, compare_view
+from jirl.demo.page import Pictures, build_app, compare_view, page_outputs
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +99,28 @@ def test_pictures_are_lossless_files_and_the_toggle_picks_input_or_harmonized(de
     later = [pictures.save(result) for _ in range(2)]  # only the last `keep` results stay
     assert not any(os.path.exists(p) for p in files.values() if p)
     assert all(os.path.exists(p) for f in later for p in f.values() if p)
+
+
+def test_the_page_event_fills_every_panel_or_says_why_not_and_never_raises(demo, tmp_path,
+                                                                           monkeypatch):
+    pictures = Pictures()
+    path, photo = _photo_file(tmp_path)
+    status, *panels, files = page_outputs(demo, pictures, path, "train", None, None, "input")
+    assert status.startswith("**dirl** on 60×40")
+    assert panels == [files["photo"], files["probability"], files["overlay"], None, files["photo"]]
+    assert page_outputs(demo, pictures, None, "train", None, None, "input") == (
+        "Upload a photo.", None, None, None, None, None, None)
+    status, *rest = page_outputs(demo, pictures, str(tmp_path / "gone.png"), "train", None, None,
+                                 "input")
+    assert status.startswith("**Error:** the upload gone.png is gone") and rest == [None] * 6
+
+    def broken(*args):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(demo, "analyze", broken)
+    status, *rest = page_outputs(demo, pictures, path, "train", None, None, "input")
+    assert status == ("**Error:** the model failed on this photo (RuntimeError: out of memory); "
+                      "the server log has the details") and rest == [None] * 6
 
 
 def test_a_users_mask_is_the_region_harmonized(demo, tmp_path):

@@ -123,13 +123,9 @@ class Demo:
                 raise DemoError(str(e)) from e
         return self._localizers[key]
 
-    def analyze(self, path: str | None, policy: str = "train", long_side: int | None = None,
-                mask_path: str | None = None) -> Result:
-        """Localizes the inharmonious region of the photo at `path` and, with a harmonizer,
-        harmonizes it (or the region of the user's mask at `mask_path`)."""
-        start = time.perf_counter()
-        photo = load_photo(path, self.max_pixels)
-        decoded = time.perf_counter()
+    def _localize(self, photo: np.ndarray, policy: str, long_side: int | None
+                  ) -> tuple[dict, tuple[int, int], float]:
+        """(the localizer's outputs at the photo's size, the size it ran at, seconds compiling)."""
         localizer = self.localizer(policy, long_side)
         plan = localizer.plan(*photo.shape[:2])
         if plan.padded[0] * plan.padded[1] > self.max_run_pixels:
@@ -138,23 +134,35 @@ class Demo:
                             "(--max_run_pixels): choose long_side or train")
         compiled = localizer.compile_seconds
         out = localizer.predict([photo])[0]
-        compile_s = localizer.compile_seconds - compiled
-        prob = out["mask"]
-        region = binary_mask(prob)
+        return out, plan.run, localizer.compile_seconds - compiled
+
+    @staticmethod
+    def _user_region(mask_path: str, size: tuple[int, int]) -> np.ndarray:
+        try:
+            return as_mask(mask_path, size)
+        except (jimages.BadImageError, ValueError) as e:
+            raise DemoError(f"the mask {os.path.basename(mask_path)} is not usable: {e}") from e
+
+    def analyze(self, path: str | None, policy: str = "train", long_side: int | None = None,
+                mask_path: str | None = None) -> Result:
+        """Localizes the inharmonious region of the photo at `path` and, with a harmonizer,
+        harmonizes it (or the region of the user's mask at `mask_path`)."""
+        start = time.perf_counter()
+        photo = load_photo(path, self.max_pixels)
+        decoded = time.perf_counter()
+        out, run_size, compile_s = self._localize(photo, policy, long_side)
+        region = binary_mask(out["mask"])
         localized = time.perf_counter()
         if mask_path:
-            try:
-                region = as_mask(mask_path, photo.shape[:2])
-            except (jimages.BadImageError, ValueError) as e:
-                raise DemoError(f"the mask {os.path.basename(mask_path)} is not usable: {e}") from e
+            region = self._user_region(mask_path, photo.shape[:2])
         harmonized = self.harmonizer(photo, region) if self.harmonizer is not None else None
         done = time.perf_counter()
         retouched = out.get("retouched")
         return Result(
-            photo=photo, probability=np.rint(prob * 255).astype(np.uint8),
+            photo=photo, probability=np.rint(out["mask"] * 255).astype(np.uint8),
             overlay=visualize.overlay(photo, region), region=region,
             retouched=None if retouched is None else np.rint(retouched * 255).astype(np.uint8),
-            harmonized=harmonized, policy=policy, run_size=plan.run,
+            harmonized=harmonized, policy=policy, run_size=run_size,
             seconds={"decode": decoded - start, "localize": localized - decoded,
                      "harmonize": done - localized, "compile": compile_s, "total": done - start})
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import atexit
 import collections
+import functools
+import logging
 import os
 import shutil
 import tempfile
@@ -80,24 +82,34 @@ def compare_view(pictures: dict | None, shown: str) -> str | None:
     return pictures["photo"] if shown == "input" else pictures["harmonized"]
 
 
+EMPTY = (None,) * 6  # the six picture outputs (and the state) of a result-less event
+
+
+def page_outputs(demo: Demo, pictures: Pictures, photo_path: str | None, policy: str,
+                 long_side: int | None, mask_path: str | None, shown: str) -> tuple:
+    """The page's one event: analyze, then (status, photo, mask, overlay, I', harmonized panel,
+    state) as files, or the reason why not as the status; it never raises."""
+    if not photo_path:  # cleared
+        return ("Upload a photo.", *EMPTY)
+    try:
+        result = demo.analyze(photo_path, policy, long_side, mask_path)
+    except DemoError as e:
+        return (_error(str(e)), *EMPTY)
+    except Exception as e:  # noqa: BLE001 - the page says so; the server goes on
+        logging.exception("jirl.demo: the model failed on %s", photo_path)
+        return (_error(f"the model failed on this photo ({type(e).__name__}: {e}); the server "
+                       "log has the details"), *EMPTY)
+    files = pictures.save(result)
+    harmonizer = demo.harmonizer.name if demo.harmonizer is not None else None
+    return (result.summary(demo.model_name, harmonizer), files["photo"], files["probability"],
+            files["overlay"], files["retouched"], compare_view(files, shown), files)
+
+
 def build_app(demo: Demo, samples: Sequence[str] = (), title: str = "jirl demo") -> Any:
     """The page as a gradio.Blocks (not launched)."""
     gr = import_gradio()
     harmonizer = demo.harmonizer.name if demo.harmonizer is not None else None
     pictures = Pictures()
-
-    def run(photo_path, policy, long_side, mask_path, shown):
-        """The page's one event: analyze, then fill every panel (or show why not)."""
-        if not photo_path:  # cleared
-            return ("Upload a photo.", None, None, None, None, None, None)
-        try:
-            result = demo.analyze(photo_path, policy, long_side, mask_path)
-        except DemoError as e:
-            return (_error(str(e)), None, None, None, None, None, None)
-        shown_files = pictures.save(result)
-        return (result.summary(demo.model_name, harmonizer), shown_files["photo"],
-                shown_files["probability"], shown_files["overlay"], shown_files["retouched"],
-                compare_view(shown_files, shown), shown_files)
 
     def panel(label: str, elem_id: str, **kwargs):
         """An output picture, sent losslessly (PNG, `Pictures`) at the photo's size."""
@@ -147,6 +159,7 @@ def build_app(demo: Demo, samples: Sequence[str] = (), title: str = "jirl demo")
         last = gr.State(None)
         outputs = [status, shown_photo, probability, overlay, retouched, harmonized, last]
         inputs = [photo, policy, long_side, mask, shown]
+        run = functools.partial(page_outputs, demo, pictures)
         photo.change(run, inputs, outputs)  # an upload, a drop or a sample picked
         mask.change(run, inputs, outputs)
         button.click(run, inputs, outputs)
