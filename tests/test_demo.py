@@ -20,7 +20,7 @@ from PIL import Image
 from jirl import inference, visualize
 from jirl.data import synthetic
 from jirl.demo import Demo, DemoError, write_samples
-from jirl.demo.page import Pictures, build_app, compare_view, page_outputs
+from jirl.demo.page import Pictures, build_app, compare_view, drawn_region, page_outputs
 
 
 @pytest.fixture(scope="module")
@@ -128,10 +128,28 @@ def test_a_users_mask_is_the_region_harmonized(demo, tmp_path):
     mask = np.zeros((40, 60), np.uint8)
     mask[6:24, 10:40] = 255  # even edges: the half-size file resizes back exactly
     Image.fromarray(mask[::2, ::2]).save(tmp_path / "mask.png")  # half size: resized nearest
-    result = demo.analyze(path, mask_path=str(tmp_path / "mask.png"))
+    result = demo.analyze(path, mask=str(tmp_path / "mask.png"))
     np.testing.assert_array_equal(result.region, mask > 0)
     np.testing.assert_array_equal(result.harmonized[mask == 0], photo[mask == 0])
     assert (result.harmonized[mask > 0] != photo[mask > 0]).any()
+
+
+def test_a_painted_region_is_harmonized_at_the_photos_size(demo, tmp_path):
+    path, photo = _photo_file(tmp_path)
+    paint = np.zeros((20, 30, 4), np.uint8)  # the drawing panel at half the photo's size
+    paint[3:12, 5:20] = (255, 48, 48, 153)
+    editor = {"background": None, "layers": [paint], "composite": None}
+    np.testing.assert_array_equal(drawn_region(editor), paint[..., 3] > 0)
+    status, *_, files = page_outputs(demo, Pictures(), path, "train", None, editor, "harmonized")
+    assert "region 22.5% of the photo" in status  # 9 x 15 of 20 x 30, resized nearest
+    region = np.zeros((40, 60), bool)
+    region[6:24, 10:40] = True
+    harmonized = np.asarray(Image.open(files["harmonized"]))
+    np.testing.assert_array_equal(harmonized[~region], photo[~region])
+    assert (harmonized[region] != photo[region]).any()
+    for empty in (None, {"layers": []}, {"layers": [np.zeros((20, 30, 4), np.uint8)]}):
+        status = page_outputs(demo, Pictures(), path, "train", None, empty or {}, "input")[0]
+        assert status == "**Error:** draw over the region to harmonize first", status
 
 
 def test_bad_uploads_are_messages(demo, tmp_path):
@@ -157,7 +175,7 @@ def test_bad_uploads_are_messages(demo, tmp_path):
     with pytest.raises(DemoError, match="unknown resolution policy 'huge'"):
         demo.analyze(good, "huge")
     with pytest.raises(DemoError, match="the mask notes.txt is not usable"):
-        demo.analyze(good, mask_path=str(tmp_path / "notes.txt"))
+        demo.analyze(good, mask=str(tmp_path / "notes.txt"))
 
 
 def test_madisnet_shows_its_colour_mapped_image(tmp_path):

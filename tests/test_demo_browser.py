@@ -71,6 +71,18 @@ def test_upload_shows_the_mask_at_the_photos_aspect_and_bad_files_an_error(chrom
         page.click("#jirl-compare input[value='harmonized']")
         page.wait_for_change("jirl-out-harmonized", before)
         np.testing.assert_array_equal(page.image_pixels("jirl-out-harmonized"), harmonized)
+        # A region painted in the drawing panel is harmonized instead of the localizer's: outside
+        # it, the overlay and the harmonized photo are the photo's pixels.
+        page.paint([(-40 + 8 * k, -20 + 4 * k) for k in range(11)])
+        page.click_until_result("#jirl-draw-run", result_panel="jirl-out-overlay")
+        assert page.status().startswith("dirl on 96×64"), page.status()
+        painted = (page.image_pixels("jirl-out-overlay") != photo).any(-1)
+        assert 0.05 < painted.mean() < 0.6, painted.mean()
+        rows, cols = np.nonzero(painted)
+        assert 16 <= rows.mean() <= 48 and 24 <= cols.mean() <= 72  # about the canvas's centre
+        harmonized = page.image_pixels("jirl-out-harmonized")
+        np.testing.assert_array_equal(harmonized[~painted], photo[~painted])
+        assert (harmonized[painted] != photo[painted]).any()
         shot = page.screenshot(os.path.join(artifacts, "demo_browser.png"))
         # A corrupt upload is a message on the page; the server goes on serving.
         page.clear()

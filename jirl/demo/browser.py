@@ -202,6 +202,30 @@ class DemoBrowser:
         return self._until_result(buttons[index].click, f"the result of sample {index}",
                                   result_panel)
 
+    def paint(self, points: list[tuple[int, int]], elem_id: str = "jirl-draw") -> None:
+        """One brush stroke in the drawing panel `elem_id` (opened first if it sits in a closed
+        accordion) through `points`, CSS pixels from the canvas's centre."""
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        canvases = self.driver.find_elements("css selector", f"#{elem_id} canvas")
+        if not canvases or not canvases[-1].is_displayed():
+            self.find(f"#{elem_id}-panel button").click()  # the accordion's header
+            self.wait_until(lambda: self.find(f"#{elem_id} canvas") is not None, "the canvas")
+            canvases = self.driver.find_elements("css selector", f"#{elem_id} canvas")
+        canvas = canvases[-1]
+        self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
+        (x, y), *rest = points
+        stroke = ActionChains(self.driver).move_to_element_with_offset(canvas, x, y).click_and_hold()
+        for nx, ny in rest:
+            stroke.move_by_offset(nx - x, ny - y)
+            x, y = nx, ny
+        stroke.release().perform()
+
+    def click_until_result(self, css: str, result_panel: str = "jirl-out-mask") -> float:
+        """Clicks `css`; the seconds until a new result (or an error) is on the page."""
+        return self._until_result(lambda: self.find(css).click(), f"the result of {css}",
+                                  result_panel)
+
     def text(self) -> str:
         """All the text on the page (Gradio's error pop-ups included)."""
         return self.driver.execute_script("return document.body.innerText")
@@ -219,7 +243,8 @@ class DemoBrowser:
 
     def screenshot(self, path: str) -> str:
         """A PNG of the whole page (the window is made as tall as the page first)."""
-        height = self.driver.execute_script("return document.documentElement.scrollHeight")
+        height = self.driver.execute_script(
+            "window.scrollTo(0, 0); return document.documentElement.scrollHeight")
         self.driver.set_window_size(1500, max(1100, int(height) + 40))
         os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
         self.driver.save_screenshot(path)

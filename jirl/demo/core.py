@@ -137,24 +137,33 @@ class Demo:
         return out, plan.run, localizer.compile_seconds - compiled
 
     @staticmethod
-    def _user_region(mask_path: str, size: tuple[int, int]) -> np.ndarray:
+    def _user_region(mask: str | np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """A mask file (resized nearest), or a drawn [h, w] bool region (resized nearest to the
+        photo if drawn at another size), as bool [H, W]."""
+        if isinstance(mask, np.ndarray):
+            if not mask.any():
+                raise DemoError("draw over the region to harmonize first")
+            if mask.shape != tuple(size):
+                drawn = Image.fromarray(mask.astype(np.uint8) * 255)
+                mask = np.asarray(drawn.resize(size[::-1], Image.Resampling.NEAREST)) > 0
+            return mask
         try:
-            return as_mask(mask_path, size)
+            return as_mask(mask, size)
         except (jimages.BadImageError, ValueError) as e:
-            raise DemoError(f"the mask {os.path.basename(mask_path)} is not usable: {e}") from e
+            raise DemoError(f"the mask {os.path.basename(mask)} is not usable: {e}") from e
 
     def analyze(self, path: str | None, policy: str = "train", long_side: int | None = None,
-                mask_path: str | None = None) -> Result:
+                mask: str | np.ndarray | None = None) -> Result:
         """Localizes the inharmonious region of the photo at `path` and, with a harmonizer,
-        harmonizes it (or the region of the user's mask at `mask_path`)."""
+        harmonizes it, or the user's region instead: `mask`, a mask file or a drawn bool array."""
         start = time.perf_counter()
         photo = load_photo(path, self.max_pixels)
         decoded = time.perf_counter()
         out, run_size, compile_s = self._localize(photo, policy, long_side)
         region = binary_mask(out["mask"])
         localized = time.perf_counter()
-        if mask_path:
-            region = self._user_region(mask_path, photo.shape[:2])
+        if mask is not None and (isinstance(mask, np.ndarray) or mask):
+            region = self._user_region(mask, photo.shape[:2])
         harmonized = self.harmonizer(photo, region) if self.harmonizer is not None else None
         done = time.perf_counter()
         retouched = out.get("retouched")

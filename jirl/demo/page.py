@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from jirl.demo.core import DEFAULT_LONG_SIDE, Demo, DemoError, Result
@@ -85,14 +86,28 @@ def compare_view(pictures: dict | None, shown: str) -> str | None:
 EMPTY = (None,) * 6  # the six picture outputs (and the state) of a result-less event
 
 
+def drawn_region(editor: dict | None) -> np.ndarray:
+    """The region painted in the drawing panel (gr.ImageEditor's value): bool [h, w], True where
+    any layer has paint (alpha > 0)."""
+    layers = [np.asarray(layer) for layer in (editor or {}).get("layers") or []
+              if layer is not None]
+    if not layers:
+        raise DemoError("draw over the region to harmonize first")
+    alpha = [layer[..., 3] if layer.ndim == 3 and layer.shape[-1] == 4 else layer.any(-1)
+             for layer in layers]
+    return np.any([a > 0 for a in alpha], axis=0)
+
+
 def page_outputs(demo: Demo, pictures: Pictures, photo_path: str | None, policy: str,
-                 long_side: int | None, mask_path: str | None, shown: str) -> tuple:
-    """The page's one event: analyze, then (status, photo, mask, overlay, I', harmonized panel,
-    state) as files, or the reason why not as the status; it never raises."""
+                 long_side: int | None, mask: str | dict | None, shown: str) -> tuple:
+    """The page's one event: analyze (with the user's region: a mask file, or the drawing
+    panel's value), then (status, photo, mask, overlay, I', harmonized panel, state) as files,
+    or the reason why not as the status; it never raises."""
     if not photo_path:  # cleared
         return ("Upload a photo.", *EMPTY)
     try:
-        result = demo.analyze(photo_path, policy, long_side, mask_path)
+        region = drawn_region(mask) if isinstance(mask, dict) else mask
+        result = demo.analyze(photo_path, policy, long_side, region)
     except DemoError as e:
         return (_error(str(e)), *EMPTY)
     except Exception as e:  # noqa: BLE001 - the page says so; the server goes on
@@ -103,6 +118,12 @@ def page_outputs(demo: Demo, pictures: Pictures, photo_path: str | None, policy:
     harmonizer = demo.harmonizer.name if demo.harmonizer is not None else None
     return (result.summary(demo.model_name, harmonizer), files["photo"], files["probability"],
             files["overlay"], files["retouched"], compare_view(files, shown), files)
+
+
+def drawing_canvas(outputs: tuple) -> dict | None:
+    """The drawing panel's new value after an analysis: the photo, nothing painted."""
+    files = outputs[-1]
+    return {"background": files["photo"], "layers": [], "composite": None} if files else None
 
 
 def build_app(demo: Demo, samples: Sequence[str] = (), title: str = "jirl demo") -> Any:
@@ -151,6 +172,15 @@ def build_app(demo: Demo, samples: Sequence[str] = (), title: str = "jirl demo")
                                          label="The harmonized panel shows", show_label=False,
                                          info="compare the harmonized photo with the input",
                                          elem_id="jirl-compare")
+                        with gr.Accordion("Draw the region to harmonize instead", open=False,
+                                          elem_id="jirl-draw-panel"):
+                            drawing = gr.ImageEditor(
+                                type="numpy", image_mode="RGBA", sources=[], transforms=[],
+                                layers=False, eraser=gr.Eraser(),
+                                brush=gr.Brush(colors=[("#ff3030", 0.6)], color_mode="fixed"),
+                                label="Paint over the region", elem_id="jirl-draw")
+                            draw_button = gr.Button("Harmonize the painted region",
+                                                    elem_id="jirl-draw-run")
                     retouched = panel("Colour-mapped I′ (MadisNet)", "jirl-out-retouched",
                                       visible=demo.has_retouched)
                     used = 2 * (harmonizer is not None) + demo.has_retouched
@@ -159,9 +189,17 @@ def build_app(demo: Demo, samples: Sequence[str] = (), title: str = "jirl demo")
         last = gr.State(None)
         outputs = [status, shown_photo, probability, overlay, retouched, harmonized, last]
         inputs = [photo, policy, long_side, mask, shown]
-        run = functools.partial(page_outputs, demo, pictures)
-        photo.change(run, inputs, outputs)  # an upload, a drop or a sample picked
-        mask.change(run, inputs, outputs)
-        button.click(run, inputs, outputs)
+        def run(*args):
+            """An analysis (the localizer's region or the mask file's); the drawing panel gets
+            the photo, unpainted."""
+            out = page_outputs(demo, pictures, *args)
+            return (*out, drawing_canvas(out))
+
+        analysis = [*outputs, drawing]
+        photo.change(run, inputs, analysis)  # an upload, a drop or a sample picked
+        mask.change(run, inputs, analysis)
+        button.click(run, inputs, analysis)
+        draw_button.click(functools.partial(page_outputs, demo, pictures),
+                          [photo, policy, long_side, drawing, shown], outputs)
         shown.change(compare_view, [last, shown], [harmonized])
     return app
