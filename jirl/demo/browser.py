@@ -242,10 +242,15 @@ class DemoBrowser:
         self.find(css).click()
 
     def screenshot(self, path: str) -> str:
-        """A PNG of the whole page (the window is made as tall as the page first)."""
-        height = self.driver.execute_script(
-            "window.scrollTo(0, 0); return document.documentElement.scrollHeight")
-        self.driver.set_window_size(1500, max(1100, int(height) + 40))
+        """A PNG of the whole page, beyond the window's height too (Chromium's DevTools
+        protocol), written atomically."""
+        import base64
+
+        self.driver.execute_script("window.scrollTo(0, 0)")
+        shot = self.driver.execute_cdp_cmd(
+            "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
         os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-        self.driver.save_screenshot(path)
+        with open(path + ".tmp", "wb") as f:
+            f.write(base64.b64decode(shot["data"]))
+        os.replace(path + ".tmp", path)
         return path
