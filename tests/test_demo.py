@@ -98,6 +98,7 @@ def test_pictures_are_lossless_files_and_the_toggle_picks_input_or_harmonized(de
     assert compare_view(None, "input") is None
     later = [pictures.save(result) for _ in range(2)]  # only the last `keep` results stay
     assert not any(os.path.exists(p) for p in files.values() if p)
+    assert compare_view(files, "input") is None  # a dropped result's toggle shows nothing
     assert all(os.path.exists(p) for f in later for p in f.values() if p)
 
 

@@ -162,7 +162,7 @@ class Demo:
         out, run_size, compile_s = self._localize(photo, policy, long_side)
         region = binary_mask(out["mask"])
         localized = time.perf_counter()
-        if mask is not None and (isinstance(mask, np.ndarray) or mask):
+        if isinstance(mask, np.ndarray) or mask:  # a drawn region, or a mask file's path
             region = self._user_region(mask, photo.shape[:2])
         harmonized = self.harmonizer(photo, region) if self.harmonizer is not None else None
         done = time.perf_counter()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import functools
 import logging
 import os
@@ -62,7 +63,8 @@ class Pictures:
         """{panel name: PNG path, None where the result has no such picture}."""
         if len(self._written) == self._written.maxlen:
             for path in self._written[0]:
-                os.remove(path)
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
         self._count += 1
         paths = {}
         for name in self.NAMES:
@@ -77,10 +79,12 @@ class Pictures:
 
 
 def compare_view(pictures: dict | None, shown: str) -> str | None:
-    """The picture in the harmonized panel: the harmonized photo or, toggled, the input."""
+    """The picture in the harmonized panel: the harmonized photo or, toggled, the input (None
+    once `Pictures` has dropped that result's files)."""
     if not pictures or pictures.get("harmonized") is None:
         return None
-    return pictures["photo"] if shown == "input" else pictures["harmonized"]
+    path = pictures["photo"] if shown == "input" else pictures["harmonized"]
+    return path if os.path.exists(path) else None
 
 
 EMPTY = (None,) * 6  # the six picture outputs (and the state) of a result-less event
@@ -134,7 +138,7 @@ def build_app(demo: Demo, samples: Sequence[str] = (), title: str = "jirl demo")
 
     def panel(label: str, elem_id: str, **kwargs):
         """An output picture, sent losslessly (PNG, `Pictures`) at the photo's size."""
-        return gr.Image(label=label, type="filepath", format="png", interactive=False, height=IMAGE_HEIGHT,
+        return gr.Image(label=label, type="filepath", interactive=False, height=IMAGE_HEIGHT,
                         buttons=["download", "fullscreen"], elem_id=elem_id, scale=1, **kwargs)
 
     # Gradio's cache of sent pictures: files older than an hour go, checked hourly.
@@ -189,6 +193,7 @@ def build_app(demo: Demo, samples: Sequence[str] = (), title: str = "jirl demo")
         last = gr.State(None)
         outputs = [status, shown_photo, probability, overlay, retouched, harmonized, last]
         inputs = [photo, policy, long_side, mask, shown]
+
         def run(*args):
             """An analysis (the localizer's region or the mask file's); the drawing panel gets
             the photo, unpainted."""
