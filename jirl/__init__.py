@@ -10,8 +10,8 @@ __version__ = "0.1.0"
 #
 # --xla_cpu_enable_concurrency_optimized_scheduler=false: on CPU, XLA's default scheduler starts
 # every op as early as it can, which keeps the weight-gradient copy of each activation alive
-# across the whole backward pass. The memory-minimizing scheduler cuts DIRL's train step at
-# 224 px, batch 8 from 11.3 GB of temporaries to 6.6 GB (peak RSS 14.1 -> 9.5 GB). CPU-only flag.
+# across the whole backward pass; the memory-minimizing scheduler frees each one as soon as it
+# can (benchmarks/train_step.py reports the peak memory). CPU-only flag.
 XLA_DEFAULT_FLAGS = ("--xla_cpu_enable_concurrency_optimized_scheduler=false",)
 
 

@@ -30,8 +30,9 @@ from jax import lax
 
 METRIC_NAMES: tuple[str, ...] = ("ap", "f1", "iou")
 HARMONIZATION_METRIC_NAMES: tuple[str, ...] = ("mse", "psnr", "fmse")
-# The validation metric that picks the best checkpoint, per ModelSpec.task (higher is better).
-SELECTION_METRIC: dict[str, str] = {"localization": "iou", "harmonization": "psnr"}
+# How tables and charts title each metric (and a harmonizer's foreground ratio).
+TITLES: dict[str, str] = {"ap": "AP", "f1": "F1", "iou": "IoU", "mse": "MSE", "psnr": "PSNR",
+                          "fmse": "fMSE", "fg_ratio": "fg ratio"}
 # Foreground-ratio bins of the harmonization results (lower bound inclusive; the last includes 1).
 FG_RATIO_BINS: tuple[tuple[float, str], ...] = ((0.0, "fg 0-5%"), (0.05, "fg 5-15%"),
                                                 (0.15, "fg 15-100%"))

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from jirl import files
+
 
 def region_offset(mask: np.ndarray) -> float:
     """Distance of a mask's centre of mass from the image centre, in units of the image side.
@@ -59,18 +61,14 @@ def contact_sheet(rows: Sequence[Sequence[np.ndarray]], gap: int = 2, scale: int
 
 def save_image(path: str, image: np.ndarray, image_format: str | None = None,
                quality: int = 95) -> None:
-    """Writes a uint8 [H, W(, 3)] image atomically (a temporary file, then a rename). Format:
+    """Writes a uint8 [H, W(, 3)] image atomically (`jirl.files.atomic_write`). Format:
     `image_format` ("png" | "jpeg"), else from the extension (.jpg / .jpeg: JPEG at `quality`
     without chroma subsampling), else PNG."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if image_format is None:
         image_format = "jpeg" if os.path.splitext(path)[1].lower() in (".jpg", ".jpeg") else "png"
-    tmp = path + ".tmp"
-    if image_format == "jpeg":
-        Image.fromarray(image).save(tmp, format="JPEG", quality=quality, subsampling=0)
-    else:
-        Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    options = {"quality": quality, "subsampling": 0} if image_format == "jpeg" else {}
+    with files.atomic_write(path, "wb") as f:
+        Image.fromarray(image).save(f, format=image_format.upper(), **options)
 
 
 def save_png(path: str, image: np.ndarray) -> None:

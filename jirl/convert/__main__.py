@@ -1,19 +1,19 @@
-"""Official PyTorch checkpoints -> jirl Orbax checkpoints.
+"""jirl convert: official PyTorch checkpoints -> jirl Orbax checkpoints (also python -m jirl.convert).
 
-  python -m jirl.convert dirl --encoder E.pth --decoder D.pth --out DIR [--config FILE[:variant]]
-  python -m jirl.convert unet --checkpoint G.pth --out DIR [--config FILE[:variant]]
-  python -m jirl.convert madisnet --g G.pth --ihdrnet I.pth [--domain_encoder E.pth] --out DIR
-      [--config configs/madisnet.py[:unet]]    # official g/ihdrnet/domain_encoder_epoch*.pth, or
-                                               # libcom's Inharmonious_G.pth + IHDRNet.pth
-  python -m jirl.convert rainnet --checkpoint net_G_last.pth [--discriminator net_D_last.pth] --out DIR
-      [--config configs/rainnet.py[:in]]       # the released net_G_last.pth (256 px); the
-                                               # 512 px release with --config.data.crop_size=512
+  jirl convert dirl --encoder E.pth --decoder D.pth --out DIR [--config NAME[:variant]]
+  jirl convert unet --checkpoint G.pth --out DIR [--config NAME[:variant]]
+  jirl convert madisnet --g G.pth --ihdrnet I.pth [--domain_encoder E.pth] --out DIR
+      [--config madisnet[:unet]]         # official g/ihdrnet/domain_encoder_epoch*.pth, or
+                                         # libcom's Inharmonious_G.pth + IHDRNet.pth
+  jirl convert rainnet --checkpoint net_G_last.pth [--discriminator net_D_last.pth] --out DIR
+      [--config rainnet[:in]]            # the released net_G_last.pth (256 px); the 512 px
+                                         # release with --config.data.crop_size=512
 
-The model architecture comes from `--config` (default `configs/<model>.py`, the official setting),
-with `--config.key=value` overrides as in train.py and eval.py, e.g.
-`--config configs/dirl.py --config.model.ggd_ch=64`. Writes a checkpoint that
-`eval.py --checkpoint DIR` and `train.py --config.init_from=DIR` accept; its meta records the model,
-the source files and the whole config. Needs the optional extra `jirl[torch]`.
+The model architecture comes from `--config` (default: the shipped config of the model, the
+official setting), with `--config.key=value` overrides as in train and eval, e.g.
+`--config dirl --config.model.ggd_ch=64`. Writes a checkpoint that `jirl eval --checkpoint DIR`,
+`jirl predict` and `--config.init_from=DIR` accept; its meta records the model, the source files
+and the whole config. Needs the optional extra `jirl[torch]`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,11 @@ from collections.abc import Callable
 import jax
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
+
+from jirl.models import build_model, init_model_variables
+from jirl.runtime import flags as jflags
+from jirl.runtime.checkpoints import write_model_checkpoint
+from jirl.runtime.torch_io import ConversionError
 
 # model -> (the flags naming its source files, what each one is)
 SOURCES: dict[str, dict[str, str]] = {
@@ -70,13 +74,9 @@ def _loader(model: str, files: dict[str, str], localizer: str = "") -> Callable[
 
 def convert(model: str, files: dict[str, str], out: str, config) -> str:
     """Builds `config`'s model, fills it from the official `files`, writes it to `out`."""
-    from jirl.convert.torch_io import ConversionError
-    from jirl.models import build_model, init_model_variables
-    from jirl.training.checkpoints import write_model_checkpoint
-
     if config.model.name != model:
         raise ConversionError(f"--config builds {config.model.name!r}, not {model!r}; pass "
-                              f"--config configs/{model}.py (or a variant of it)")
+                              f"--config {model} (or a variant of it)")
     if os.path.exists(out) and os.listdir(out):
         raise ConversionError(f"--out {out} exists and is not empty; choose a new directory")
     _, module = build_model(config)
@@ -99,11 +99,11 @@ def _model_from_argv(argv: list[str]) -> str | None:
 
 
 def define_flags(model: str | None) -> None:
-    """--config (default configs/<model>.py), --out and every model's source-file flags."""
-    default = f"configs/{model}.py" if model in SOURCES else None
-    config_flags.DEFINE_config_file(
-        "config", default, "Config giving the architecture (default configs/<model>.py).",
-        lock_config=True)
+    """--config (default: the shipped config named <model>), --out and every model's
+    source-file flags."""
+    jflags.define_config_flag(default=model if model in SOURCES else None, required=False,
+                              help_text="Config giving the architecture (default: the model's "
+                              "own, e.g. dirl; a name or a file, with --config.key=value).")
     flags.DEFINE_string("out", None, "Output checkpoint directory (new or empty).")
     for sources in SOURCES.values():
         for name, help_text in sources.items():
@@ -112,10 +112,7 @@ def define_flags(model: str | None) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from jirl.convert.torch_io import ConversionError
-    from jirl.training.cli import quiet_libraries
-
-    quiet_libraries()
+    jflags.quiet_libraries()
     args = argv[1:]
     if len(args) != 1 or args[0] not in SOURCES:
         raise app.UsageError(f"name one model to convert: {' | '.join(SOURCES)} (got {args})")
@@ -128,15 +125,16 @@ def main(argv: list[str]) -> int:
     try:
         path = convert(model, files, FLAGS.out, FLAGS.config)
     except ConversionError as e:
-        print(f"python -m jirl.convert: {e}", file=sys.stderr)
+        print(f"convert: {e}", file=sys.stderr)
         return 2
     print(f"wrote {path}")
     return 0
 
 
-def run() -> None:
-    define_flags(_model_from_argv(sys.argv))
-    app.run(lambda argv: sys.exit(main(argv)))
+def run(argv: list[str] | None = None) -> None:
+    """Runs the command (argv: sys.argv by default)."""
+    argv = sys.argv if argv is None else argv
+    jflags.run_command(main, lambda: define_flags(_model_from_argv(argv)), __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from jirl.convert.mapping import assign
-from jirl.convert.torch_io import ConversionError, load_state_dict
+from jirl.runtime.mapping import assign
+from jirl.runtime.torch_io import ConversionError, load_state_dict
 
 _BLOCK = r"(conv1|bn1|conv2|bn2)"
 

@@ -24,8 +24,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from jirl.convert import dirl, unet
-from jirl.convert.mapping import assign
-from jirl.convert.torch_io import ConversionError, load_state_dict
+from jirl.runtime.mapping import assign
+from jirl.runtime.torch_io import ConversionError, load_state_dict
 
 _MAX_SPLAT_LAYERS = 8  # official: 4 (log2(256 / 16)); the rules cover other jirl configurations
 

@@ -26,8 +26,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from jirl.convert.mapping import assign
-from jirl.convert.torch_io import ConversionError, load_state_dict
+from jirl.runtime.mapping import assign
+from jirl.runtime.torch_io import ConversionError, load_state_dict
 
 MAX_BLOCKS = 8  # nested codec blocks the rules cover (official: 4)
 

@@ -37,11 +37,12 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
+from jirl import files
 from jirl.data.composites import Outcome, load_triplet, related_stems
 from jirl.data.features import ArrayRecordBuilder, composite_features
 from jirl.data.ihd_lists import LE50_LIST, SPLITS, SUBSETS, SplitEntries, le50_list_path, split_lists
 from jirl.data.images import IMAGE_EXTENSIONS, MASK_EXTENSIONS, BadImageError, find_with_extensions
-from jirl.data.record_index import write_json_atomic, write_record_index
+from jirl.data.record_index import write_record_index
 
 REPORT_NAME = "preparation_report_{split}.json"
 LOG_LIMIT = 20  # skipped / converted files named in the log; the report names all
@@ -237,7 +238,7 @@ class IHarmony4(ArrayRecordBuilder):
             )
         report["count_check"] = _count_check(expected, len(keys), skipped_examples, present)
         report_path = epath.Path(self._final_data_dir) / REPORT_NAME.format(split=split)
-        write_json_atomic(epath.Path(self.data_dir) / REPORT_NAME.format(split=split), report)
+        files.write_json(epath.Path(self.data_dir) / REPORT_NAME.format(split=split), report, indent=1)
         write_record_index(self.data_dir, split, keys)
         _log_report(report, report_path)
         if report["count_check"]["status"] == "mismatch":

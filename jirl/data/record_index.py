@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 
 from absl import logging
 from etils import epath
+
+from jirl import files
 
 RECORD_INDEX = "record_index_{split}.json"
 INDEX_FORMAT = "jirl.record_index.v1"
@@ -25,31 +26,13 @@ _CACHE: dict[tuple, list[tuple[str, str]]] = {}
 _LOCK = threading.Lock()
 
 
-def write_json_atomic(path: epath.PathLike, obj) -> None:
-    """Writes ``obj`` as JSON to ``path`` through a temporary file and a rename (never half-written)."""
-    path = os.fspath(path)
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def record_index_path(data_dir: epath.PathLike, split: str) -> epath.Path:
     return epath.Path(data_dir) / RECORD_INDEX.format(split=split)
 
 
 def write_record_index(data_dir: epath.PathLike, split: str, keys: list[tuple[str, str]]) -> None:
     """Writes the (subset, name) of each record of ``split``, in record order."""
-    write_json_atomic(
+    files.write_json(
         record_index_path(data_dir, split),
         {
             "format": INDEX_FORMAT,

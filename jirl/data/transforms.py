@@ -24,6 +24,8 @@ import math
 import numpy as np
 from PIL import Image
 
+from jirl.normalization import IMAGENET_MEAN, IMAGENET_STD
+
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
@@ -34,8 +36,8 @@ class AugmentConfig:
     min_foreground_pixels: int = 10  # a crop must keep MORE than this many foreground pixels ...
     keep_any_prob: float = 0.05  # ... unless this coin accepts it anyway
     max_redraws: int = 20  # after this many re-draws the last crop is used
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     preprocess: str = "crop"  # "crop" (DIRL's crop + flip) | "resize" (RainNet's; module doc)
 
     def __post_init__(self):

@@ -48,8 +48,8 @@ def _error(message: str) -> str:
 
 class Pictures:
     """The panels' pictures as PNG files, written at zlib level 1: lossless like Gradio's own PNGs
-    but ~4x faster to write (a 768 x 512 photo: 21 ms instead of 91). Gradio copies each into
-    its cache when it sends the page, so only the files of the last `keep` results are kept."""
+    but much faster to write (benchmarks/demo_latency.py). Gradio copies each into its cache
+    when it sends the page, so only the files of the last `keep` results are kept."""
 
     NAMES = ("photo", "probability", "overlay", "retouched", "harmonized")
 

@@ -17,20 +17,30 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jirl.tasks import LOCALIZATION, Task
+
 
 @dataclasses.dataclass(frozen=True)
 class Pretrained:
-    """An ImageNet network a model can start from: `config.model.<key>` names its torchvision
-    .pth file, `kind` its loader (`jirl.convert.backbones.LOADERS`: "resnet34" fills encoder
-    stages 1-4, "vgg16" the conv1_1..conv3_3 layers), `prefix` the parameter subtree it fills
-    ("" for the whole model; MadisNet's localizer lives under "g")."""
+    """An ImageNet network a model can start from, and how its PyTorch state_dict maps onto the
+    model: `config.model.<key>` names the torchvision .pth file; `rules` rename its modules
+    (regex -> parameter path, as `jirl.runtime.mapping.assign` reads them) into the subtree
+    `prefix` ("" for the whole model); keys matching `unused` have no counterpart; every leaf
+    under `required` ("<collection>/<path>/", relative to `prefix`) must be filled. The model
+    file that owns the parameter names declares it; `jirl.runtime.pretrained` loads it."""
 
     key: str
     kind: str
+    rules: tuple[tuple[str, str], ...]
+    unused: tuple[str, ...] = ()
+    required: tuple[str, ...] = ()
     prefix: str = ""
 
+    def under(self, prefix: str) -> Pretrained:
+        """The same network placed in the subtree `prefix` of an enclosing model."""
+        return dataclasses.replace(self, prefix="/".join(p for p in (prefix, self.prefix) if p))
 
-RESNET34_BACKBONE = (Pretrained("backbone_weights", "resnet34"),)
+
 FROZEN_GROUP = "frozen"  # the optimizer group that gets no update and no state (ModelSpec.param_labels)
 
 
@@ -59,10 +69,9 @@ class ModelSpec:
     objective(outputs, batch, loss_cfg) -> (scalar loss, dict of named scalars to log).
     eval_masks(outputs) -> {name: [B,H,W,1] probability mask} scored by eval.py.
     pretrained: the ImageNet networks the model can start from (`Pretrained`: which config key
-        names the file, which loader, which subtree). The loaders live in
-        `jirl.convert.backbones`, not in the model files.
+        names the file, how its state_dict maps onto which subtree).
     primary_mask: the eval_masks entry (a harmonizer's: the eval_images entry) that selects the
-        best checkpoint (by `jirl.metrics.SELECTION_METRIC` of the task) and is logged as val/.
+        best checkpoint (by its task's `selection` metric) and is logged as val/.
     step_masks(outputs) -> {name: mask} of an iterative model's intermediate masks, scored when
         `config.eval.per_iteration` is set; None for models without iterations.
     train_inputs(batch) -> keyword arguments of the model's training call beyond the image (e.g.
@@ -77,9 +86,10 @@ class ModelSpec:
         masks or pretrained parts depend on it (MadisNet's, on its localizer); None: this one.
     train_phases: the optimizer updates of one train step, in order (`TrainPhase`); () is one
         supervised update of all parameters by `objective`.
-    task: "localization" (predicts masks, scored by AP / F1 / IoU) or "harmonization" (takes the
-        mask as an input, `model_inputs`, and re-renders the image: scored by MSE / PSNR / fMSE
-        of `eval_images(outputs)["harmonized"]` against the real image).
+    task: what the model does and how it is scored (`jirl.tasks`): LOCALIZATION (predicts
+        masks, scored by AP / F1 / IoU) or HARMONIZATION (takes the mask as an input,
+        `model_inputs`, and re-renders the image: scored by MSE / PSNR / fMSE of
+        `eval_images(outputs)["harmonized"]` against the real image).
     model_inputs(batch) -> keyword arguments of every call of the model beyond the image (a
         harmonizer's mask); None when there are none.
     harmonization_inputs(batch) -> (composite, mask, real): what a harmonizer is given and scored
@@ -100,7 +110,7 @@ class ModelSpec:
     eval_images: Callable[..., dict] | None = None
     for_config: Callable[..., ModelSpec] | None = None
     train_phases: tuple[TrainPhase, ...] = ()
-    task: str = "localization"
+    task: Task = LOCALIZATION
     model_inputs: Callable[..., dict] | None = None
     harmonization_inputs: Callable[..., tuple] | None = None
 

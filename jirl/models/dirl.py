@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from jirl import losses
-from jirl.models import RESNET34_BACKBONE, ModelSpec, from_config
+from jirl.models import ModelSpec, from_config
 from jirl.models.layers import (
     Conv2d,
     ConvBlock,
@@ -32,7 +32,7 @@ from jirl.models.layers import (
     stat_dtype,
     upsample_bilinear2x,
 )
-from jirl.models.resnet import Encoder, check_image
+from jirl.models.resnet import RESNET34_BACKBONE, Encoder, check_image
 
 Array = jax.Array
 

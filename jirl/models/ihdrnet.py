@@ -43,13 +43,10 @@ import numpy as np
 
 from jirl.models import from_config
 from jirl.models.layers import BatchNorm, Conv2d, ConvBlock, Dtype, max_pool, stat_dtype
+from jirl.normalization import IMAGENET_MEAN, IMAGENET_STD, denormalize
 
 Array = jax.Array
 
-# The normalization the official ApplyCoeffs undoes (the same as jirl.data.pipeline's, which
-# this package may not import; tests/test_ihdrnet.py checks that the two agree).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 AFFINE_ROWS, AFFINE_COLS = 3, 4  # each grid cell holds a 3x4 affine colour transform
 SLICE_METHODS = ("gather", "onehot")
 
@@ -165,8 +162,9 @@ def bilateral_slice(grid: Array, guide: Array, method: str = "gather") -> Array:
 
 def apply_coeffs(coeffs: Array, image: Array) -> Array:
     """Official `ApplyCoeffs`: out_c = sum_k A[c, k] rgb_k + A[c, 3] per pixel, where rgb is the
-    de-normalized input in [0, 1] and coeffs [B, H, W, 12] hold A row by row."""
-    rgb = image * jnp.asarray(IMAGENET_STD, image.dtype) + jnp.asarray(IMAGENET_MEAN, image.dtype)
+    input de-normalized with ImageNet's statistics (fixed in the official code, whatever the data
+    config says) in [0, 1], and coeffs [B, H, W, 12] hold A row by row."""
+    rgb = denormalize(image, IMAGENET_MEAN, IMAGENET_STD, dtype=image.dtype)
     a = coeffs.reshape(*coeffs.shape[:-1], AFFINE_ROWS, AFFINE_COLS)
     return jnp.einsum("...ck,...k->...c", a[..., :3], rgb) + a[..., 3]
 

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jirl.models.cpu_conv import conv2d, xla_conv
+
 Dtype = Any
 Array = jax.Array
 
@@ -91,115 +93,6 @@ def spectral_normalize(module: nn.Module, kernel: Array, update_stats: bool,
     return (kernel / sigma.astype(kernel.dtype)).astype(kernel.dtype)
 
 
-def _conv(x: Array, kernel: Array, stride: int, padding: int, dilation: int) -> Array:
-    return jax.lax.conv_general_dilated(
-        x, kernel, window_strides=(stride, stride), padding=((padding, padding),) * 2,
-        rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-def _tap_windows(x: Array, kh: int, kw: int, stride: int, padding: int,
-                 dilation: int) -> list[Array]:
-    """The kh * kw input windows a strided, dilated conv reads, one [N, Ho, Wo, C] slice of the
-    zero-padded input per kernel tap (row-major over the taps)."""
-    n, h, w, c = x.shape
-    ho = (h + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
-    wo = (w + 2 * padding - dilation * (kw - 1) - 1) // stride + 1
-    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    windows = []
-    for i in range(kh):
-        for j in range(kw):
-            start = (0, i * dilation, j * dilation, 0)
-            limit = (n, start[1] + stride * (ho - 1) + 1, start[2] + stride * (wo - 1) + 1, c)
-            windows.append(jax.lax.slice(xp, start, limit, (1, stride, stride, 1)))
-    return windows
-
-
-def _conv_as_tap_dots(x: Array, kernel: Array, stride: int, padding: int, dilation: int) -> Array:
-    """A bf16 conv on CPU as one bf16 x bf16 -> f32 matrix product per kernel tap, summed in f32.
-
-    XLA:CPU computes a bf16 convolution in f32 (it upcasts the operands), so bf16 bought
-    nothing there; its bf16 dots with f32 accumulation go to YNNPACK kernels that use the CPU's
-    bf16 units (AVX512-BF16 / AMX): DIRL's 224 px forward runs 1.5x faster than in f32 at batch 8
-    (1.3x at batch 1) on an AVX512-BF16 CPU (benchmarks/compare_official.py --inference_only).
-    Like XLA's conv, it rounds once to bf16 at the end.
-    """
-    kh, kw, _, _ = kernel.shape
-    y = 0
-    for tap, window in enumerate(_tap_windows(x, kh, kw, stride, padding, dilation)):
-        y = y + jnp.dot(window, kernel[tap // kw, tap % kw], preferred_element_type=jnp.float32)
-    return y.astype(x.dtype)
-
-
-def conv2d(x: Array, kernel: Array, stride: int = 1, padding: int = 0, dilation: int = 1) -> Array:
-    """NHWC x HWIO convolution with symmetric zero padding (`F.conv2d` semantics, no bias).
-
-    On CPU the kernel gradient is computed tap by tap as matrix products (`_conv_tapwise_grad`):
-    XLA:CPU's own kernel-gradient convolutions take ~half of a DIRL train step, at ~2.5x the cost
-    of the forward convolutions, plus layout transposes; a bf16 forward that is not differentiated
-    is matrix products too (`_conv_cpu_forward`). Accelerators keep XLA's conv and its gradient.
-    """
-    if jax.default_backend() == "cpu":
-        return _conv_tapwise_grad(x, kernel, stride, padding, dilation)
-    return _conv(x, kernel, stride, padding, dilation)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv_tapwise_grad(x: Array, kernel: Array, stride: int, padding: int, dilation: int) -> Array:
-    return _conv_cpu_forward(x, kernel, stride, padding, dilation)
-
-
-def _conv_tapwise_fwd(x, kernel, stride, padding, dilation):
-    return _conv(x, kernel, stride, padding, dilation), (x, kernel)
-
-
-def _conv_cpu_forward(x: Array, kernel: Array, stride: int, padding: int, dilation: int) -> Array:
-    """XLA's conv, except in bf16: `_conv_as_tap_dots`. Only where nothing differentiates it
-    (inference): in a train step XLA merges the forward's tap windows with the kernel gradient's
-    and keeps all of them alive until the backward (DIRL bf16, 224 px, batch 8: peak RSS 7.0 ->
-    16.6 GB at the same speed), so `_conv_tapwise_fwd` keeps XLA's conv."""
-    if x.dtype == jnp.bfloat16:
-        return _conv_as_tap_dots(x, kernel, stride, padding, dilation)
-    return _conv(x, kernel, stride, padding, dilation)
-
-
-def _strided_input_grad(g: Array, kernel: Array, x_shape: tuple[int, ...], stride: int,
-                        padding: int, dilation: int) -> Array:
-    """The input gradient of a strided conv as one matmul of g with the kernel, then an
-    overlap-add of each tap's columns at stride `stride` (interior padding) into the padded
-    input, cropped. XLA's own form is an input-dilated conv, whose gradient (RainNet's gradient
-    penalty differentiates through it) is 10x slower on CPU than this one's matmuls and slices."""
-    kh, kw, cin, _ = kernel.shape
-    n, ho, wo, _ = g.shape
-    hp, wp = x_shape[1] + 2 * padding, x_shape[2] + 2 * padding
-    cols = jnp.einsum("nhwo,yxio->nhwyxi", g, kernel)
-    dxp = 0
-    for i in range(kh):
-        for j in range(kw):
-            y0, x0 = i * dilation, j * dilation
-            dxp = dxp + jax.lax.pad(cols[:, :, :, i, j], jnp.zeros((), cols.dtype), (
-                (0, 0, 0), (y0, hp - y0 - stride * (ho - 1) - 1, stride - 1),
-                (x0, wp - x0 - stride * (wo - 1) - 1, stride - 1), (0, 0, 0)))
-    return dxp[:, padding:hp - padding, padding:wp - padding].astype(g.dtype)
-
-
-def _conv_tapwise_bwd(stride, padding, dilation, residuals, g):
-    x, kernel = residuals
-    if stride > 1:
-        dx = _strided_input_grad(g, kernel, x.shape, stride, padding, dilation)
-    else:
-        _, input_vjp = jax.vjp(lambda x: _conv(x, kernel, stride, padding, dilation), x)
-        (dx,) = input_vjp(g)
-    kh, kw, cin, cout = kernel.shape
-    g2 = g.reshape(-1, cout)
-    taps = [  # dW[i, j] = sum over output pixels of x[tap (i, j) of the pixel] * g
-        jnp.dot(window.reshape(-1, cin).T, g2, preferred_element_type=stat_dtype(g2.dtype))
-        for window in _tap_windows(x, kh, kw, stride, padding, dilation)]
-    return dx, jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
-
-
-_conv_tapwise_grad.defvjp(_conv_tapwise_fwd, _conv_tapwise_bwd)
-
-
 # For output row 2i + a of a 3x3 conv over a nearest-x2-upsampled input, the kernel rows (k0, k1,
 # k2) that read input rows i - 1, i, i + 1: a = 0 -> (k0, k1 + k2, 0), a = 1 -> (0, k0 + k1, k2).
 _PHASE_TAPS = np.array([[[1, 0, 0], [0, 1, 1], [0, 0, 0]],
@@ -212,7 +105,7 @@ def conv3x3_of_upsample_nearest2x(x: Array, kernel: Array) -> Array:
     Each of the four output phases (row parity a, column parity b) is a 3x3 conv of x with summed
     kernel taps, so all four are one conv with 4x the output channels, then a depth-to-space.
     Exact up to float summation order. The 4x-larger upsampled activation is never built nor kept
-    for the backward pass; on CPU the train step of this op is 1.2-2.3x faster.
+    for the backward pass.
     """
     return _phased_conv(x, kernel, _PHASE_TAPS)
 
@@ -235,7 +128,7 @@ def add_bias(y: Array, bias: Array) -> Array:
     """y + bias over the last axis, in y's dtype; the bias gradient is summed in >= float32.
 
     The bias gradient reduces the output gradient over every batch row and pixel: in bf16 (8
-    mantissa bits) that sum loses most of its value (DIRL's output-conv bias: 77 % off).
+    mantissa bits) that sum would lose most of its value.
     """
     return y + bias.astype(y.dtype)
 
@@ -340,7 +233,7 @@ class PartialConv2d(nn.Module):
         else:
             x = x * mask.astype(x.dtype)
         mask = mask.astype(stat_dtype(self.dtype))
-        window = _conv(mask, jnp.ones((k, k, 1, 1), mask.dtype), self.stride, self.padding, 1)
+        window = xla_conv(mask, jnp.ones((k, k, 1, 1), mask.dtype), self.stride, self.padding, 1)
         update = jnp.clip(window, 0, 1)
         ratio = (k * k) / (window + 1e-8) * update
         y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.padding)
@@ -530,9 +423,9 @@ def conv_transpose4x4_stride2(x: Array, kernel: Array) -> Array:
     """`F.conv_transpose2d(x, w, stride=2, padding=1)` for a 4x4 kernel, kernel[ky, kx, i, o] =
     w[i, o, ky, kx], as PyTorch computes it on CPU: one matmul of every input pixel with the
     whole kernel ([B, H, W, 4, 4, out] columns), then an overlap-add (col2im) of the 4x4 patches
-    at stride 2, cropped by the padding. On XLA:CPU this is 1.3-40x faster, forward and
-    backward, than a dilated-input conv or one phased 3x3 conv when the images are small and the
-    channels many (RainNet's codec blocks: 1x1 to 16x16, 512-1024 channels)."""
+    at stride 2, cropped by the padding. On XLA:CPU this beats a dilated-input conv and a phased
+    3x3 conv, forward and backward, when the images are small and the channels many (RainNet's
+    codec blocks: 1x1 to 16x16, 512-1024 channels)."""
     b, h, w, _ = x.shape
     cout = kernel.shape[-1]
     # kernel row ky = 2 qy + ry lands on output row 2 (i + qy) + ry (before the crop); same for x

@@ -41,6 +41,15 @@ Array = jax.Array
 
 VGG16_FEATURES = (64, 64, 128, 128, 256, 256, 256)  # conv1_1 ... conv3_3
 _STAGES = ((0, 1), (2, 3), (4, 5, 6))  # the convs before each of the three max-pools
+# torchvision vgg16 (`config.model.vgg_weights`): `features.{0,2,5,7,10,12,14}` (conv1_1 ...
+# conv3_3) become E_dom's partial convs conv0 ... conv6, as the official
+# `PartialConv2d(vgg16.features[i])`; the deeper convs and the classifier are not used.
+_VGG16_CONVS = (0, 2, 5, 7, 10, 12, 14)
+TORCHVISION_VGG16 = Pretrained(
+    key="vgg_weights", kind="vgg16", prefix="domain_encoder",
+    rules=tuple((rf"features\.{i}", f"conv{k}") for k, i in enumerate(_VGG16_CONVS)),
+    unused=(r"features\.(1[6-9]|2\d)\.\w+", r"classifier\.\d+\.\w+"),
+    required=tuple(f"params/conv{k}/" for k in range(len(_VGG16_CONVS))))
 MODEL_KEYS = ("name", "localizer", "ihdrnet", "style_dim", "vgg_features", "domain_encoder",
               "backbone_weights", "vgg_weights")
 
@@ -180,9 +189,9 @@ def for_config(model_cfg: ml_collections.ConfigDict) -> ModelSpec:
     iterations, its ImageNet backbone under "g", and VGG16 for E_dom."""
     _check_keys(model_cfg)
     loc = get_spec(model_cfg.localizer.name)
-    pretrained = tuple(Pretrained(p.key, p.kind, f"g/{p.prefix}".rstrip("/")) for p in loc.pretrained)
+    pretrained = tuple(p.under("g") for p in loc.pretrained)
     if model_cfg.domain_encoder:
-        pretrained += (Pretrained("vgg_weights", "vgg16", "domain_encoder"),)
+        pretrained += (TORCHVISION_VGG16,)
     return dataclasses.replace(
         SPEC, objective=functools.partial(objective, localizer_objective=loc.objective),
         eval_masks=loc.eval_masks, primary_mask=loc.primary_mask, step_masks=loc.step_masks,

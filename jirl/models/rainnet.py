@@ -42,6 +42,7 @@ from jirl.models.layers import (
     resize_nearest,
     stat_dtype,
 )
+from jirl.tasks import HARMONIZATION
 
 Array = jax.Array
 INIT_STD = 0.02  # the official init_weights('normal', 0.02): N(0, 0.02) kernels, zero biases
@@ -401,5 +402,5 @@ SPEC = ModelSpec(
     param_groups=PARAM_GROUPS, param_labels=param_labels, eval_images=eval_images,
     train_phases=(TrainPhase("d", discriminator_loss, ("d",)),
                   TrainPhase("g", generator_loss, ("g",))),
-    task="harmonization", model_inputs=model_inputs, primary_mask="harmonized",
+    task=HARMONIZATION, model_inputs=model_inputs, primary_mask="harmonized",
     harmonization_inputs=harmonization_inputs)

@@ -11,10 +11,23 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jirl.models import Pretrained
 from jirl.models.layers import BatchNorm, Conv2d, Dtype, max_pool
 
 RESNET34_FEATURES = (64, 128, 256, 512)
 RESNET34_BLOCKS = (3, 4, 6, 3)
+
+_BLOCK = r"(conv1|bn1|conv2|bn2)"
+# torchvision resnet34 (`config.model.backbone_weights`): layers 1-4 become stages 1-4 of
+# `Encoder` (the official `pretrained=True`); its 7x7 stem and classifier have no counterpart.
+TORCHVISION_RESNET34 = Pretrained(
+    key="backbone_weights", kind="resnet34",
+    rules=((rf"layer(\d)\.(\d+)\.{_BLOCK}", r"encoder/encoder\1/block\2/\3"),
+           (r"layer(\d)\.(\d+)\.downsample\.0", r"encoder/encoder\1/block\2/downsample_conv"),
+           (r"layer(\d)\.(\d+)\.downsample\.1", r"encoder/encoder\1/block\2/downsample_bn")),
+    unused=(r"(conv1|bn1)\.\w+", r"fc\.\w+"),
+    required=tuple(f"{c}/encoder/encoder{i}/" for c in ("params", "batch_stats") for i in range(1, 5)))
+RESNET34_BACKBONE = (TORCHVISION_RESNET34,)
 
 
 class BasicBlock(nn.Module):

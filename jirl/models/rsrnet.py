@@ -64,7 +64,7 @@ The RSR state and the mask (§3.2)
     paper's recurrence). `remat=True` saves only the carries (H, M) between steps and recomputes
     each step's internals in the backward pass. `unroll` is lax.scan's unroll factor: 1 (a rolled
     loop) suits GPUs and TPUs; XLA:CPU runs the backward pass of convolutions inside a loop body
-    ~30x slower than outside one (cf. jax-ml/jax#12868), so the config's default (0, auto)
+    much slower than outside one (cf. jax-ml/jax#12868), so the config's default (0, auto)
     unrolls fully on CPU. Neither
     option changes the results (tested).
 
@@ -116,9 +116,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from jirl import losses
-from jirl.models import RESNET34_BACKBONE, ModelSpec, from_config
+from jirl.models import ModelSpec, from_config
 from jirl.models.layers import Conv2d, Dtype, resize_bilinear, stat_dtype
-from jirl.models.resnet import Encoder, check_image
+from jirl.models.resnet import RESNET34_BACKBONE, Encoder, check_image
 from jirl.models.unet import DoubleConv, Up
 
 Array = jax.Array

@@ -15,8 +15,11 @@ from tqdm import tqdm
 
 from jirl import data as jdata
 from jirl import metrics, visualize
+from jirl.models import build_model, init_model_variables
+from jirl.normalization import denormalize
+from jirl.runtime import checkpoints as ckpt
+from jirl.runtime import mesh as jmesh
 from jirl.training import baselines as jbase
-from jirl.training import mesh as jmesh
 
 
 def _gather(x: np.ndarray) -> np.ndarray:
@@ -136,10 +139,10 @@ def format_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
     """A fixed-width table: one row per (mask or image, group), one column per metric."""
     width = max([10] + [len(name) for name in results])
     keys = next(iter(next(iter(results.values())).values()))
-    columns = [k for k in COLUMN_TITLES if k in keys] + sorted(
-        k for k in keys if k not in COLUMN_TITLES and k != "count")
+    columns = [k for k in metrics.TITLES if k in keys] + sorted(
+        k for k in keys if k not in metrics.TITLES and k != "count")
     lines = [f"{'mask':<{width}} {'subset':<16} {'n':>6} "
-             + " ".join(f"{COLUMN_TITLES.get(k, k):>9}" for k in columns)]
+             + " ".join(f"{metrics.TITLES.get(k, k):>9}" for k in columns)]
     for mask_name, groups in results.items():
         for g in metrics.group_order(groups):
             r = groups[g]
@@ -147,10 +150,6 @@ def format_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
                          + " ".join(f"{r[k]:>9.4f}" for k in columns))
     return "\n".join(lines)
 
-
-# The table's columns, in this order, and their titles.
-COLUMN_TITLES = {"ap": "AP", "f1": "F1", "iou": "IoU", "mse": "MSE", "psnr": "PSNR",
-                 "fmse": "fMSE", "fg_ratio": "fg ratio"}
 
 
 def sample_triplets(
@@ -173,13 +172,11 @@ def sample_triplets(
         process_count=jax.process_count())))
     _, outputs = eval_step(variables, jmesh.put_batch(batch, mesh))
     output = _local_rows(outputs[output_name], mesh)
-    mean = np.asarray(config.data.mean, np.float32)
-    std = np.asarray(config.data.std, np.float32)
-    composite = batch["image"] * std + mean
+    composite = denormalize(batch["image"], config.data.mean, config.data.std)
     if output.shape[-1] == 1:  # a mask: shown beside the ground truth
         middle, right = np.repeat(batch["mask"], 3, -1), np.repeat(output, 3, -1)
     else:
-        middle, right = output, batch["real"] * std + mean
+        middle, right = output, denormalize(batch["real"], config.data.mean, config.data.std)
     rows = np.flatnonzero(batch["valid"])[:count]  # none when this process got only padding
     triplets = np.concatenate([composite, middle, right], axis=2)[rows].clip(0, 1)
     return triplets.astype(np.float32)
@@ -226,8 +223,63 @@ def off_centre_sheet(
                  "valid": np.arange(batch_size) < n}
         _, masks = eval_step(variables, jmesh.put_batch(batch, mesh))
         preds.append(_to_host(masks[mask_name])[:n])
-    mean = np.asarray(config.data.mean, np.float32)
-    std = np.asarray(config.data.std, np.float32)
-    rows = [(img * std + mean, gt, pred)
+    rows = [(denormalize(img, config.data.mean, config.data.std), gt, pred)
             for img, gt, pred in zip(images, gts, np.concatenate(preds), strict=True)]
     return visualize.contact_sheet(rows, scale=max(1, -(-min_tile // images.shape[1])))
+
+
+CONTACT_SHEET = "contact_sheet.png"
+
+
+def evaluate_checkpoint(
+    config: ml_collections.ConfigDict,
+    checkpoint: str,
+    *,
+    split: str | None = None,
+    output_dir: str | None = None,
+    save_outputs: bool = False,
+    contact_sheet: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Scores the checkpoint at `checkpoint` (a step, checkpoint or workdir directory; a workdir's
+    best is preferred) on `split` (default `config.eval.split`), overall and per sub-dataset,
+    beside the trivial baselines (`config.eval.baselines`), on every device of every process.
+
+    With `output_dir`: `save_outputs` writes the model's outputs per example under
+    `<output_dir>/<task.outputs>/<name>/` (masks, or a harmonizer's images), and `contact_sheet`
+    > 0 draws that many off-centre examples to `<output_dir>/contact_sheet.png` (a localizer's;
+    one process). Returns what eval.json holds: the checkpoint, split, model, task, primary mask,
+    the scores (`evaluate`), the task's protocol and the mean mask's summary. Raises
+    CheckpointError for a checkpoint that is missing or of another model.
+    """
+    spec, model = build_model(config)
+    if (save_outputs or contact_sheet > 0) and not output_dir:
+        raise ValueError("save_outputs and contact_sheet write into output_dir: pass one")
+    if contact_sheet > 0 and spec.task.outputs != "masks":
+        raise ValueError(f"a contact sheet shows masks; {config.model.name} is a "
+                         f"{spec.task.name} model (save its {spec.task.outputs} instead)")
+    if contact_sheet > 0 and jax.process_count() > 1:
+        raise ValueError("the contact sheet is drawn by a single process; evaluate on one host "
+                         "to draw it")
+    mesh = jmesh.make_mesh()
+    step_dir = ckpt.resolve_checkpoint(checkpoint)
+    target = jax.eval_shape(lambda: init_model_variables(config, model))
+    variables = ckpt.restore_model(step_dir, target, mesh=mesh, model_cfg=config.model)
+    eval_step = jax.jit(spec.task.make_eval_step(spec, config, model.apply))
+    split = split or config.eval.split
+    base = (jbase.mean_training_mask(config.data, config.eval.prior_examples)
+            if config.eval.baselines and spec.task.mask_baselines else None)
+    outputs_dir = os.path.join(output_dir, spec.task.outputs) if save_outputs else None
+    results = evaluate(config, eval_step, variables, mesh, split=split, mask_dir=outputs_dir,
+                       baselines=base, progress=progress)
+    payload = {"checkpoint": step_dir, "split": split, "model": config.model.name,
+               "task": spec.task.name, "primary_mask": spec.primary_mask, "results": results,
+               **spec.task.protocol(config)}
+    if base is not None:
+        payload["mean_mask"] = base.summary()
+    if contact_sheet > 0:
+        sheet = off_centre_sheet(config, eval_step, variables, mesh, split=split,
+                                 mask_name=spec.primary_mask, count=contact_sheet)
+        payload["contact_sheet"] = os.path.join(os.path.abspath(output_dir), CONTACT_SHEET)
+        visualize.save_png(payload["contact_sheet"], sheet)
+    return payload

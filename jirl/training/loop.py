@@ -13,12 +13,12 @@ import ml_collections
 from tqdm import tqdm
 
 from jirl import data as jdata
-from jirl import metrics
-from jirl.convert import backbones
+from jirl import files
 from jirl.models import build_model, init_model_variables
+from jirl.runtime import checkpoints as ckpt
+from jirl.runtime import mesh as jmesh
+from jirl.runtime.pretrained import load_pretrained
 from jirl.training import baselines as jbase
-from jirl.training import checkpoints as ckpt
-from jirl.training import mesh as jmesh
 from jirl.training.evaluate import evaluate, format_table, sample_triplets
 from jirl.training.optim import lr_schedule, make_optimizer
 from jirl.training.state import TrainState, create_train_state
@@ -102,7 +102,7 @@ def check_resumable_stream(saved: dict | None, config: ml_collections.ConfigDict
 
 def _meta(config, step: int, best: float, extra: dict | None = None) -> dict:
     """Checkpoint metadata; `best` is the best validation score so far (`best_score`, of the
-    task's `metrics.SELECTION_METRIC`; -1 before the first validation)."""
+    task's `selection` metric; -1 before the first validation)."""
     return dict({"step": int(step), "model": config.model.name, "best_score": best,
                  "data_iterator": data_iterator_state(config, step),
                  "config": json.loads(config.to_json_best_effort())}, **(extra or {}))
@@ -130,7 +130,7 @@ def _initial_state(config: ml_collections.ConfigDict, spec, state: TrainState,
                                        model_cfg=config.model)
         tqdm.write(f"initialized params and BN statistics from {config.init_from}")
     else:
-        variables = backbones.initialize(spec.pretrained, _model_items(state), config.model)
+        variables = load_pretrained(spec.pretrained, _model_items(state), config.model)
     return jax.device_put(state.replace(**variables), jmesh.replicated(mesh)), -1.0
 
 
@@ -165,14 +165,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     eval_step = jax.jit(make_eval_step(spec, config, model.apply))
     # The trivial baselines are printed beside every validation (their scores do not change).
     base = (jbase.mean_training_mask(config.data, config.eval.prior_examples)
-            if config.eval.baselines and spec.task == "localization" else None)
-    selection = metrics.SELECTION_METRIC[spec.task]
+            if config.eval.baselines and spec.task.mask_baselines else None)
+    selection = spec.task.selection
 
     start = int(state.step)
     writer = MetricWriter(workdir, resume_step=start)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        files.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
     batches = jdata.train_batches(
         config.data, batch_size=config.batch_size // jax.process_count(), seed=config.seed,
         start_step=start, process_index=jax.process_index(),

@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jirl import metrics
 from jirl.models import ModelSpec
 from jirl.training.state import TrainState
 
@@ -121,7 +120,7 @@ def release_host_memory() -> None:
 
     XLA frees its compiler's working memory after compilation, yet glibc keeps it mapped; on CPU
     the train step's activations are host memory too, so without this they would sit on top of
-    it: DIRL's official train step at 224 px, batch 8 peaks at 7.0 GB instead of 7.7 GB.
+    it (benchmarks/train_step.py reports the peak).
     """
     if not sys.platform.startswith("linux"):
         return
@@ -140,78 +139,8 @@ def compile_step(jitted: Callable, *args) -> Callable:
 
 def make_eval_step(spec: ModelSpec, config: ml_collections.ConfigDict,
                    apply_fn: Callable) -> Callable:
-    """eval_step(variables, batch) -> ({scored name: per-image metrics}, {name: mask or image}).
-
-    A localizer's masks are scored by AP / F1 / IoU (`make_localization_eval_step`), a
-    harmonizer's image by MSE / PSNR / fMSE (`make_harmonization_eval_step`). Padded rows
-    (`batch["valid"]` False) are masked.
-    """
-    if spec.task == "harmonization":
-        return make_harmonization_eval_step(spec, config, apply_fn)
-    if spec.task != "localization":
-        raise ValueError(f"{spec.name}: unknown task {spec.task!r}")
-    return make_localization_eval_step(spec, config, apply_fn)
-
-
-def make_localization_eval_step(spec: ModelSpec, config: ml_collections.ConfigDict,
-                                apply_fn: Callable) -> Callable:
-    """The eval step of a localizer: every `spec.eval_masks` mask scored by the official
-    protocol (`config.eval.normalize`: per-image min-max normalization before thresholding at
-    0.5); the second dict also holds the model's unscored pictures (`ModelSpec.eval_images`,
-    normalized like the input: returned in [0, 1] units, as jirl.inference shows them)."""
-    per_iteration = bool(config.eval.get("per_iteration", False))
-    mean = jnp.asarray(config.data.mean, jnp.float32)
-    std = jnp.asarray(config.data.std, jnp.float32)
-    if per_iteration and spec.step_masks is None:
-        raise ValueError(f"config.eval.per_iteration: {spec.name} has no per-iteration masks "
-                         "(only iterative models such as rsrnet do)")
-
-    def eval_step(variables: dict, batch: dict) -> tuple[dict, dict]:
-        outputs = apply_fn(variables, batch["image"], train=False)
-        masks = spec.eval_masks(outputs)
-        if per_iteration:
-            masks = {**masks, **spec.step_masks(outputs)}
-        per_image = {
-            name: metrics.per_image_metrics(
-                m, batch["mask"], normalize=config.eval.normalize, valid=batch.get("valid"))
-            for name, m in masks.items()
-        }
-        images = spec.eval_images(outputs) if spec.eval_images is not None else {}
-        images = {k: v.astype(jnp.float32) * std + mean for k, v in images.items()}
-        return per_image, {**masks, **images}
-
-    return eval_step
-
-
-COMPOSITE_BASELINE = "baseline/composite"
-
-
-def make_harmonization_eval_step(spec: ModelSpec, config: ml_collections.ConfigDict,
-                                 apply_fn: Callable) -> Callable:
-    """The eval step of a harmonizer: the model re-renders `spec.harmonization_inputs(batch)`'s
-    composite in its mask, and each `spec.eval_images` image is scored against the real image by
-    `metrics.harmonization_metrics` (`config.eval.quantize`: the official 8-bit truncation). With
-    `config.eval.baselines` the composite itself is scored too, as "baseline/composite" (the
-    do-nothing harmonizer). Images are returned in [0, 1]."""
-    if config.eval.per_iteration:
-        raise ValueError(f"config.eval.per_iteration: {spec.name} is a harmonizer; it has no "
-                         "per-iteration masks")
-    mean = jnp.asarray(config.data.mean, jnp.float32)
-    std = jnp.asarray(config.data.std, jnp.float32)
-    quantize = bool(config.eval.get("quantize", True))
-
-    def eval_step(variables: dict, batch: dict) -> tuple[dict, dict]:
-        comp, mask, real = spec.harmonization_inputs(batch)
-        outputs = apply_fn(variables, comp, train=False, **spec.model_inputs({**batch, "mask": mask}))
-        images = {name: x.astype(jnp.float32) * std + mean
-                  for name, x in spec.eval_images(outputs).items()}
-        real01 = real * std + mean
-        scored = dict(images)
-        if config.eval.baselines:
-            scored[COMPOSITE_BASELINE] = comp * std + mean
-        per_image = {name: metrics.harmonization_metrics(x, real01, mask, quantize=quantize,
-                                                         valid=batch.get("valid"))
-                     for name, x in scored.items()}
-        return per_image, images
-
-    return eval_step
+    """eval_step(variables, batch) -> ({scored name: per-image metrics}, {name: mask or image}):
+    the eval step of the model's task (`spec.task.make_eval_step`: a localizer's masks scored by
+    AP / F1 / IoU, a harmonizer's image by MSE / PSNR / fMSE). Padded rows (`batch["valid"]`
+    False) are masked."""
+    return spec.task.make_eval_step(spec, config, apply_fn)

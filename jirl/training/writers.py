@@ -10,6 +10,8 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 
+from jirl import files
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -35,10 +37,7 @@ def truncate_records(path: str, last_step: int) -> int:
             else:
                 kept.append(json.dumps(record) + "\n")
     if dropped:
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(kept)
-        os.replace(tmp, path)
+        files.write_text(path, "".join(kept))
     return dropped
 
 

@@ -20,10 +20,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
-from jirl.training import mesh as jmesh
+from jirl.runtime import mesh as jmesh
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def replicated_target(tree: Any, mesh: Mesh | None = None) -> Any:
     Params, BN statistics and optimizer state are replicated on every device of the data mesh, so
     they restore straight onto it, on one device or many, in one process or several (each process
     reads what its devices hold), whatever topology wrote the checkpoint. `mesh` defaults to the
-    mesh over all devices that training and evaluation use (`jirl.training.mesh.make_mesh`).
+    mesh over all devices that training and evaluation use (`jirl.runtime.mesh.make_mesh`).
     """
     sharding = jmesh.replicated(jmesh.make_mesh() if mesh is None else mesh)
 
@@ -197,6 +198,26 @@ def read_meta(step_dir: str) -> dict:
             with open(f, encoding="utf-8") as fh:
                 return json.load(fh)
     return {}
+
+
+def stored_config(step_dir: str) -> ml_collections.ConfigDict:
+    """The config a checkpoint's meta records (train and `python -m jirl.convert` write it), as an
+    unlocked ConfigDict; CheckpointError when the meta has none."""
+    config = read_meta(step_dir).get("config")
+    if not config:
+        raise CheckpointError(
+            f"checkpoint {step_dir} records no config in its meta; pass the config it was "
+            "trained with (config=..., or --config on the command line)")
+    return ml_collections.ConfigDict(config)
+
+
+def checkpoint_workdir(step_dir: str) -> str:
+    """The run directory of a step directory: <workdir> for <workdir>/checkpoints/<step> and
+    <workdir>/best/<step>, else the directory that holds the step (a converted checkpoint's)."""
+    parent = os.path.dirname(os.path.abspath(step_dir))
+    if os.path.basename(parent) in (LATEST_DIR, BEST_DIR):
+        return os.path.dirname(parent)
+    return parent
 
 
 def check_model_name(meta: dict, model_name: str | None, where: str) -> None:

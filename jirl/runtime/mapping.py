@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from flax import traverse_util
 
-from jirl.convert.torch_io import ConversionError
+from jirl.runtime.torch_io import ConversionError
 
 # PyTorch leaf name -> (Flax collection, Flax leaf name); `weight` depends on the tensor's rank.
 _LEAVES = {

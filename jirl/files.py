@@ -1,0 +1,48 @@
+"""Files that are either whole or absent: every jirl output goes through `atomic_write`.
+
+A file is written to a temporary name beside its destination and renamed onto it once complete
+(`os.replace`, atomic on POSIX and Windows within one file system), so a crash, a full disk or
+Ctrl-C never leaves a half-written file under the real name; the temporary file is removed when
+the write fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import IO, Any
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """Opens a temporary file beside `path` (text: UTF-8; "wb": bytes), renamed to `path` when
+    the block ends without an exception and deleted when it raises. Parent folders are created."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"mode={mode!r}; use 'w' (text) or 'wb' (bytes)")
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Writes `text` to `path` atomically."""
+    with atomic_write(path) as f:
+        f.write(text)
+
+
+def write_json(path: str | os.PathLike, payload: Any, indent: int | None = 2) -> None:
+    """Writes `payload` as JSON to `path` atomically."""
+    with atomic_write(path) as f:
+        json.dump(payload, f, indent=indent)

@@ -1,0 +1,121 @@
+"""The convolution every jirl layer runs: XLA's on accelerators, CPU kernels on the CPU.
+
+XLA:CPU computes the kernel gradient of a convolution with convolutions of its own that cost
+several times the forward pass, and a bf16 convolution in f32 (upcasting both operands). On the
+CPU, `conv2d` therefore differentiates the kernel tap by tap as matrix products, computes the
+input gradient of a strided conv as a matrix product and an overlap-add, and runs an
+undifferentiated bf16 forward as bf16 x bf16 -> f32 matrix products per kernel tap, which use
+the CPU's bf16 units. The values are XLA's convolution's, up to float summation order; the
+speed-ups are measured by benchmarks/train_step.py and benchmarks/compare_official.py (README).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def conv2d(x: Array, kernel: Array, stride: int = 1, padding: int = 0, dilation: int = 1) -> Array:
+    """NHWC x HWIO convolution with symmetric zero padding (`F.conv2d` semantics, no bias): on
+    CPU with the tap-wise kernel gradient (`_conv_tapwise_grad`), elsewhere XLA's conv."""
+    if jax.default_backend() == "cpu":
+        return _conv_tapwise_grad(x, kernel, stride, padding, dilation)
+    return xla_conv(x, kernel, stride, padding, dilation)
+
+
+def xla_conv(x: Array, kernel: Array, stride: int, padding: int, dilation: int) -> Array:
+    """XLA's own convolution (NHWC x HWIO, symmetric zero padding)."""
+    return jax.lax.conv_general_dilated(
+        x, kernel, window_strides=(stride, stride), padding=((padding, padding),) * 2,
+        rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _tap_windows(x: Array, kh: int, kw: int, stride: int, padding: int,
+                 dilation: int) -> list[Array]:
+    """The kh * kw input windows a strided, dilated conv reads, one [N, Ho, Wo, C] slice of the
+    zero-padded input per kernel tap (row-major over the taps)."""
+    n, h, w, c = x.shape
+    ho = (h + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
+    wo = (w + 2 * padding - dilation * (kw - 1) - 1) // stride + 1
+    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    windows = []
+    for i in range(kh):
+        for j in range(kw):
+            start = (0, i * dilation, j * dilation, 0)
+            limit = (n, start[1] + stride * (ho - 1) + 1, start[2] + stride * (wo - 1) + 1, c)
+            windows.append(jax.lax.slice(xp, start, limit, (1, stride, stride, 1)))
+    return windows
+
+
+def _conv_as_tap_dots(x: Array, kernel: Array, stride: int, padding: int, dilation: int) -> Array:
+    """A bf16 conv as one bf16 x bf16 -> f32 matrix product per kernel tap, summed in f32 and
+    rounded once to bf16 at the end, as XLA's conv rounds: XLA:CPU sends these dots to kernels
+    that use the CPU's bf16 units (AVX512-BF16 / AMX), where its conv would compute in f32."""
+    kh, kw, _, _ = kernel.shape
+    y = 0
+    for tap, window in enumerate(_tap_windows(x, kh, kw, stride, padding, dilation)):
+        y = y + jnp.dot(window, kernel[tap // kw, tap % kw], preferred_element_type=jnp.float32)
+    return y.astype(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_tapwise_grad(x: Array, kernel: Array, stride: int, padding: int, dilation: int) -> Array:
+    return _conv_cpu_forward(x, kernel, stride, padding, dilation)
+
+
+def _conv_tapwise_fwd(x, kernel, stride, padding, dilation):
+    return xla_conv(x, kernel, stride, padding, dilation), (x, kernel)
+
+
+def _conv_cpu_forward(x: Array, kernel: Array, stride: int, padding: int, dilation: int) -> Array:
+    """XLA's conv, except in bf16: `_conv_as_tap_dots`. Only where nothing differentiates it
+    (inference): in a train step XLA would merge the forward's tap windows with the kernel
+    gradient's and keep all of them alive until the backward pass, so `_conv_tapwise_fwd` keeps
+    XLA's conv."""
+    if x.dtype == jnp.bfloat16:
+        return _conv_as_tap_dots(x, kernel, stride, padding, dilation)
+    return xla_conv(x, kernel, stride, padding, dilation)
+
+
+def _strided_input_grad(g: Array, kernel: Array, x_shape: tuple[int, ...], stride: int,
+                        padding: int, dilation: int) -> Array:
+    """The input gradient of a strided conv as one matmul of g with the kernel, then an
+    overlap-add of each tap's columns at stride `stride` (interior padding) into the padded
+    input, cropped. XLA's own form is an input-dilated conv, whose own gradient (RainNet's
+    gradient penalty differentiates through it) is much slower on CPU than these matmuls and
+    slices."""
+    kh, kw, cin, _ = kernel.shape
+    n, ho, wo, _ = g.shape
+    hp, wp = x_shape[1] + 2 * padding, x_shape[2] + 2 * padding
+    cols = jnp.einsum("nhwo,yxio->nhwyxi", g, kernel)
+    dxp = 0
+    for i in range(kh):
+        for j in range(kw):
+            y0, x0 = i * dilation, j * dilation
+            dxp = dxp + jax.lax.pad(cols[:, :, :, i, j], jnp.zeros((), cols.dtype), (
+                (0, 0, 0), (y0, hp - y0 - stride * (ho - 1) - 1, stride - 1),
+                (x0, wp - x0 - stride * (wo - 1) - 1, stride - 1), (0, 0, 0)))
+    return dxp[:, padding:hp - padding, padding:wp - padding].astype(g.dtype)
+
+
+def _conv_tapwise_bwd(stride, padding, dilation, residuals, g):
+    x, kernel = residuals
+    if stride > 1:
+        dx = _strided_input_grad(g, kernel, x.shape, stride, padding, dilation)
+    else:
+        _, input_vjp = jax.vjp(lambda x: xla_conv(x, kernel, stride, padding, dilation), x)
+        (dx,) = input_vjp(g)
+    kh, kw, cin, cout = kernel.shape
+    g2 = g.reshape(-1, cout)
+    accumulate = jnp.promote_types(g2.dtype, jnp.float32)
+    taps = [  # dW[i, j] = sum over output pixels of x[tap (i, j) of the pixel] * g
+        jnp.dot(window.reshape(-1, cin).T, g2, preferred_element_type=accumulate)
+        for window in _tap_windows(x, kh, kw, stride, padding, dilation)]
+    return dx, jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
+
+
+_conv_tapwise_grad.defvjp(_conv_tapwise_fwd, _conv_tapwise_bwd)
