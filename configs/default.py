@@ -5,6 +5,8 @@ Used as `python train.py --config configs/<experiment>.py[:variant] --config.key
 
 import ml_collections
 
+from jirl.normalization import IMAGENET_MEAN, IMAGENET_STD
+
 
 def data_config() -> ml_collections.ConfigDict:
     """The input pipeline's settings; the embedded synthetic data by default.
@@ -35,8 +37,8 @@ def data_config() -> ml_collections.ConfigDict:
     # "crop": DIRL's RandomResizedCrop + flip for training, a resize for evaluation (cv2 bilinear);
     # "resize": RainNet's whole-image PIL resize for both, mask nearest (jirl.data.transforms).
     d.preprocess = "crop"
-    d.mean = (0.485, 0.456, 0.406)
-    d.std = (0.229, 0.224, 0.225)
+    d.mean = IMAGENET_MEAN
+    d.std = IMAGENET_STD
     # Loading: num_workers=0 reads in this process (with num_threads prefetch threads);
     # num_workers>0 uses that many Grain worker processes.
     d.num_workers = 0

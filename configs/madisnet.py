@@ -1,30 +1,27 @@
 """MadisNet (Liang et al., AAAI 2022) around a jirl localizer, with the official training recipe.
 
-Variants (comma-separated, e.g. configs/madisnet.py:quick,rsrnet):
-  configs/madisnet.py         the official setting (train.py, scripts/train.sh): MadisNet(DIRL),
-                              iHDRNet (16 luma bins, theta 0.7), E_dom on VGG16 (style_dim 16),
-                              loss bce + iou on the mask and the five attention maps +
-                              1e-3 L_ddm (margin 1e-3) + 1e-3 L_di, three Adams 1e-4 (L2 1e-4),
-                              x0.5 at epochs 30/40/50/55, 60 epochs, batch 12, 256 px. It is the
-                              official recipe only with --config.data.source=ihd,
-                              --config.model.backbone_weights=<torchvision resnet34 .pth> and
-                              --config.model.vgg_weights=<torchvision vgg16 .pth>; train.py warns.
-  configs/madisnet.py:unet    MadisNet(UNet), the paper's other localizer.
-  configs/madisnet.py:rsrnet  MadisNet(RSRNet): RSRNet as G, with its own loss (no such model
-                              exists elsewhere).
-  configs/madisnet.py:quick   a CPU demo (<= 10 min on 2 cores): the localizer's quick config
-                              (data, model, optimizer as configs/dirl.py:quick) for 14 of its 20
-                              epochs, and a narrow, randomly initialized frozen E_dom.
-  configs/madisnet.py:noddm   no E_dom: the localizer on iHDRNet's I' without L_ddm and L_di
-                              (the ablation of the domain-discrepancy losses).
+Variants (comma-separated, e.g. madisnet:quick,rsrnet):
+  madisnet         the official setting (train.py, scripts/train.sh): MadisNet(DIRL), iHDRNet
+                   (16 luma bins, theta 0.7), E_dom on VGG16 (style_dim 16), loss bce + iou on
+                   the mask and the five attention maps + 1e-3 L_ddm (margin 1e-3) + 1e-3 L_di,
+                   three Adams 1e-4 (L2 1e-4), x0.5 at epochs 30/40/50/55, 60 epochs, batch 12,
+                   256 px. It is the official recipe only with --config.data.source=ihd,
+                   --config.model.backbone_weights=<torchvision resnet34 .pth> and
+                   --config.model.vgg_weights=<torchvision vgg16 .pth>; `jirl train` warns.
+  madisnet:unet    MadisNet(UNet), the paper's other localizer.
+  madisnet:rsrnet  MadisNet(RSRNet): RSRNet as G, with its own loss (no such model exists
+                   elsewhere).
+  madisnet:quick   a CPU demo: the localizer's quick config (data, model, optimizer as
+                   dirl:quick) for 14 of its 20 epochs, and a narrow, randomly initialized
+                   frozen E_dom.
+  madisnet:noddm   no E_dom: the localizer on iHDRNet's I' without L_ddm and L_di (the ablation
+                   of the domain-discrepancy losses).
 """
 
 import ml_collections
-
-from configs import default, dirl, rsrnet, unet
+from jirl.configs import common, default, dirl, rsrnet, unet
 
 LOCALIZERS = {"dirl": dirl, "unet": unet, "rsrnet": rsrnet}
-VARIANTS = ("quick", "noddm", "unet", "rsrnet")
 
 
 def ihdrnet_config() -> ml_collections.ConfigDict:
@@ -42,13 +39,10 @@ def ihdrnet_config() -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    parts = [p for p in (arg or "").split(",") if p not in ("", "full")]
-    unknown = [p for p in parts if p not in VARIANTS]
-    if unknown or ("unet" in parts and "rsrnet" in parts):
-        raise ValueError(f"unknown variant {arg!r} of configs/madisnet.py; use '' or a "
-                         f"comma-separated choice of {', '.join(VARIANTS)} (one localizer)")
-    name = next((p for p in parts if p in LOCALIZERS), "dirl")
-    quick = "quick" in parts
+    variants = common.parse_variants(arg, "madisnet", switches=("noddm",),
+                                     groups={"localizer": tuple(LOCALIZERS)})
+    name = variants.localizer or "dirl"
+    quick = variants.quick
     base = LOCALIZERS[name].get_config("quick" if quick else None)
     c = default.get_config() if not quick else base
     localizer = base.model
@@ -85,6 +79,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.batch_size = 12  # scripts/train.sh
         c.data.crop_size = 256
         c.recipe = "official"
-    if "noddm" in parts:
+    if variants.noddm:
         c.model.domain_encoder = False
     return c

@@ -1,18 +1,20 @@
 """RainNet (Ling et al., CVPR 2021) as junleen/RainNet's scripts/train.sh trains it.
 
-Variants: "" (official: RAIN, 256 px, iHarmony4 `ihd/all`, batch 11, 100 + 100 epochs), "in"
-(every RAIN replaced by plain IN: the seed assignment's baseline), "quick" / "quick_in" (CPU
-demo sizes on the embedded synthetic data, scored on its test split after every epoch: the
-ablation's two arms, see ROWS).
+  jirl train --config rainnet:quick
+
+Variants (comma-separated): rainnet (official: RAIN, 256 px, iHarmony4 `ihd/all`, batch 11,
+100 + 100 epochs); `in` (every RAIN replaced by plain IN: the seed assignment's baseline) or
+`rain` (the default, named for the ablation); `quick` (CPU demo sizes on the embedded synthetic
+data, scored on its test split after every epoch). The seed's ablation is ROWS below:
+`jirl ablation --config rainnet:quick`.
 """
 
 import ml_collections
+from jirl.configs import common, default
 
-from configs import default
 
-
-def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-    variant = variant or ""
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    variants = common.parse_variants(arg, "rainnet", groups={"norm": ("rain", "in")})
     c = default.get_config()
     c.recipe = "official"
     c.model = ml_collections.ConfigDict({
@@ -40,9 +42,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.batch_size = 11
     c.num_epochs = 200
 
-    if variant in ("in", "quick_in"):
-        c.model.norm = "in"
-    if variant.startswith("quick"):
+    c.model.norm = variants.norm or "rain"
+    if variants.quick:
         c.recipe = "quick"
         c.data.source = "synthetic"
         c.data.image_size = 64
@@ -57,13 +58,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         # The seed's curves: MSE / PSNR / fMSE on the test split after every epoch.
         c.eval.validation_split = "test"
         c.eval_every_epochs = 1
-    elif variant not in ("", "in"):
-        raise ValueError(f"configs/rainnet.py: unknown variant {variant!r}; use '', 'in', "
-                         f"'quick' or 'quick_in'")
     return c
 
 
-# The seed assignment's ablation, `python -m jirl.ablation --config configs/rainnet.py`: plain IN
-# against RAIN in the generator, trained the same way, with per-epoch curves.
-ROWS = {"quick_in": "the generator with IN (the seed's baseline)",
-        "quick": "the generator with RAIN (official)"}
+# The seed assignment's ablation, `jirl ablation --config rainnet:quick`: plain IN against RAIN
+# in the generator, trained the same way, with per-epoch curves.
+ROWS = {"in": "the generator with IN (the seed's baseline)",
+        "rain": "the generator with RAIN (official)"}

@@ -2,23 +2,20 @@
 
 No official code is public; jirl/models/rsrnet.py documents every choice the paper leaves open.
 
-Variants (comma-separated, e.g. configs/rsrnet.py:quick,row5):
-  configs/rsrnet.py        the paper's setting: ResNet34 encoder, heads 256, GRU hidden 128,
-                           K = 12 iterations, 4 similarity scales, batch 32, crop 224, Adam 1e-4
-                           (L2 1e-4), x0.5 at epochs 30/40/50/55, 60 epochs. It is the paper's
-                           recipe only with --config.data.source=ihd and
-                           --config.model.backbone_weights=<torchvision ImageNet resnet34 .pth>;
-                           train.py warns when either is missing.
-  configs/rsrnet.py:quick  a CPU demo with the same data, optimizer and schedule as
-                           configs/dirl.py:quick (so the two are comparable): narrow model, 32 px.
-  configs/rsrnet.py:rowN   row N (1-9) of the paper's Table 2 (§4.4), see ROWS; row9 is the full
-                           model. Combine with quick for the CPU ablation
-                           (python -m jirl.ablation --config configs/rsrnet.py:quick).
+Variants (comma-separated, e.g. rsrnet:quick,row5):
+  rsrnet        the paper's setting: ResNet34 encoder, heads 256, GRU hidden 128, K = 12
+                iterations, 4 similarity scales, batch 32, crop 224, Adam 1e-4 (L2 1e-4), x0.5 at
+                epochs 30/40/50/55, 60 epochs. It is the paper's recipe only with
+                --config.data.source=ihd and --config.model.backbone_weights=<torchvision
+                ImageNet resnet34 .pth>; `jirl train` warns when either is missing.
+  rsrnet:quick  a CPU demo with the same data, optimizer and schedule as dirl:quick (so the two
+                compare): narrow model, 32 px.
+  rsrnet:rowN   row N (1-9) of the paper's Table 2 (§4.4), see ROWS; row9 is the full model.
+                Combine with quick for the CPU ablation (jirl ablation --config rsrnet:quick).
 """
 
 import ml_collections
-
-from configs import default
+from jirl.configs import common, default, unet
 
 
 def model_config() -> ml_collections.ConfigDict:
@@ -43,7 +40,7 @@ def model_config() -> ml_collections.ConfigDict:
         "guidance": "concat",  # M_rsr into the decoder: "concat" (§3.3), "residual_attention"
         "remat": False,  # rematerialize each RSR step in the backward pass (memory for compute)
         # lax.scan unroll factor of the K steps: 1 = a rolled loop (best on GPU/TPU); 0 = auto:
-        # `iterations` on CPU (XLA:CPU runs the backward of convolutions inside a loop ~30x
+        # `iterations` on CPU (XLA:CPU runs the backward of convolutions inside a loop much
         # slower), 1 elsewhere
         "unroll": 0,
         # torchvision resnet34 .pth for encoder stages 1-4; "" = random initialization
@@ -75,15 +72,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.batch_size = 32
     c.data.crop_size = 224
     c.recipe = "paper"  # train.py warns when the paper's recipe runs without ImageNet weights or iHarmony4
-    parts = [p for p in (arg or "").split(",") if p not in ("", "full")]
-    rows = [p for p in parts if p in ROWS]
-    unknown = [p for p in parts if p != "quick" and p not in ROWS]
-    if unknown or len(rows) > 1:
-        raise ValueError(f"unknown variant {arg!r} of configs/rsrnet.py; use '', 'quick', one of "
-                         f"{', '.join(ROWS)}, or quick,rowN")
-    if "quick" in parts:
+    variants = common.parse_variants(arg, "rsrnet", groups={"row": tuple(ROWS)})
+    if variants.quick:
         c = quick(c)
-    return table2_row(c, rows[0]) if rows else c
+    return table2_row(c, variants.row) if variants.row else c
 
 
 def table2_row(c: ml_collections.ConfigDict, row: str) -> ml_collections.ConfigDict:
@@ -91,8 +83,6 @@ def table2_row(c: ml_collections.ConfigDict, row: str) -> ml_collections.ConfigD
     if ROWS[row] is not None:
         c.model.update(ROWS[row])
         return c
-    from configs import unet
-
     model = unet.model_config()
     for key in model:
         if key != "name":
@@ -104,18 +94,12 @@ def table2_row(c: ml_collections.ConfigDict, row: str) -> ml_collections.ConfigD
 
 
 def quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A small RSRNet on 32 px synthetic composites; data/optimizer/schedule as configs/dirl.py:quick."""
-    from configs import dirl
-
-    c.recipe = "quick"
+    """A small RSRNet on 32 px synthetic composites, trained as dirl:quick (`common.quick_training`)."""
+    common.quick_training(c)
     c.model.stem_features = 16
     c.model.stage_features = (16, 32, 64, 96, 96)
     c.model.stage_blocks = (1, 1, 1, 1, 1)
     c.model.head_features = 32
     c.model.hidden_features = 32
     c.model.embed_features = 16
-    reference = dirl.quick(dirl.get_config())
-    for key in reference:  # everything but the model and its loss: data, optimizer, schedule, eval
-        if key not in ("model", "loss"):
-            c[key] = reference[key]
     return c

@@ -4,17 +4,15 @@ Official code: bcmi/MadisNet-Inharmonious-Region-Localization (`networks/UNet.py
 `train.py` as `UNet(in_ch=3, n_downs=5)`; `options.py` and `scripts/train.sh` for the settings).
 
 Variants:
-  configs/unet.py        the official setting: ResNet34 encoder + 3 extra 512 blocks (n_downs=5),
-                         loss bce + iou (lambda_ssim 0, lambda_iou 1), batch 12, 256 px
-                         (RandomResizedCrop scale 0.9-1), Adam 1e-4 (L2 1e-4), x0.5 at epochs
-                         30/40/50/55, 60 epochs.
-  configs/unet.py:quick  a CPU demo with the same data, optimizer and schedule as
-                         configs/dirl.py:quick (so the two are comparable): narrow model, 32 px.
+  unet        the official setting: ResNet34 encoder + 3 extra 512 blocks (n_downs=5), loss
+              bce + iou (lambda_ssim 0, lambda_iou 1), batch 12, 256 px (RandomResizedCrop scale
+              0.9-1), Adam 1e-4 (L2 1e-4), x0.5 at epochs 30/40/50/55, 60 epochs.
+  unet:quick  a CPU demo with the same data, optimizer and schedule as dirl:quick (so the two
+              compare): narrow model, 32 px.
 """
 
 import ml_collections
-
-from configs import default
+from jirl.configs import common, default
 
 
 def model_config() -> ml_collections.ConfigDict:
@@ -42,23 +40,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.batch_size = 12  # scripts/train.sh (options.py default: 8)
     c.data.crop_size = 256  # options.py load_size = crop_size = 256
     c.recipe = "official"
-    if arg in (None, "", "full"):
-        return c
-    if arg == "quick":
-        return quick(c)
-    raise ValueError(f"unknown variant {arg!r} of configs/unet.py; use '' or 'quick'")
+    return quick(c) if common.parse_variants(arg, "unet").quick else c
 
 
 def quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A small UNet on 32 px synthetic composites; data/optimizer/schedule as configs/dirl.py:quick."""
-    from configs import dirl
-
-    c.recipe = "quick"
+    """A small UNet on 32 px synthetic composites, trained as dirl:quick (`common.quick_training`)."""
+    common.quick_training(c)
     c.model.stem_features = 16
     c.model.stage_features = (16, 32, 64, 96, 96)
     c.model.stage_blocks = (1, 1, 1, 1, 1)
-    reference = dirl.quick(dirl.get_config())
-    for key in reference:  # everything but the model and its loss: data, optimizer, schedule, eval
-        if key not in ("model", "loss"):
-            c[key] = reference[key]
     return c

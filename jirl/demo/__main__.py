@@ -1,7 +1,7 @@
 """A local web page to try a localizer (and a harmonizer) on your own photos.
 
-  python -m jirl.demo --checkpoint runs/dirl_quick
-  python -m jirl.demo --checkpoint runs/dirl_quick --harmonizer runs/rainnet_quick --port 7860
+  jirl demo --checkpoint runs/dirl_quick          (or python -m jirl.demo ...)
+  jirl demo --checkpoint runs/dirl_quick --harmonizer runs/rainnet_quick --port 7860
 
 Then open http://127.0.0.1:7860. The page listens on 127.0.0.1 only, so nothing outside this
 machine reaches it; --host 0.0.0.0 opens it to your network (anyone who can reach the port can
@@ -13,42 +13,43 @@ from __future__ import annotations
 import sys
 import tempfile
 
-from absl import app, flags
+from absl import flags
 
 from jirl.data.images import BadImageError
 from jirl.demo import core
 from jirl.inference import DTYPES, POLICIES, Harmonizer, Localizer
 from jirl.predict import default_compile_cache, enable_compile_cache
-from jirl.training import cli
-from jirl.training.checkpoints import CheckpointError
+from jirl.runtime import flags as jflags
+from jirl.runtime.checkpoints import CheckpointError
 
-flags.DEFINE_string("checkpoint", None, "Localizer checkpoint (workdir, checkpoint or step "
-                    "directory; a workdir's best checkpoint is preferred).")
-flags.DEFINE_string("harmonizer", None, "Harmonizer checkpoint (RainNet): also show the "
-                    "harmonized photo, with a toggle to compare it with the input.")
-flags.DEFINE_string("host", "127.0.0.1", "Address to listen on: 127.0.0.1 (default) is this "
-                    "machine only; 0.0.0.0 every network interface.")
-flags.DEFINE_integer("port", 7860, "Port to listen on.")
-flags.DEFINE_enum("resize", "train", list(POLICIES), "The page's initial resolution policy.")
-flags.DEFINE_integer("long_side", core.DEFAULT_LONG_SIDE, "The page's initial long side (pixels) "
-                     "for --resize long_side.")
-flags.DEFINE_enum("dtype", "auto", list(DTYPES), "The localizer's compute dtype (as predict.py).")
-flags.DEFINE_integer("max_pixels", core.MAX_PIXELS, "Largest photo accepted (pixels).")
-flags.DEFINE_integer("max_run_pixels", core.MAX_RUN_PIXELS, "Largest size (pixels, padding "
-                     "included) the native / long_side policies may run the model at.")
-flags.DEFINE_integer("max_file_mb", 100, "Largest upload accepted (MB).")
-flags.DEFINE_integer("samples", 4, "Sample composites offered on the page (0: none).")
-flags.DEFINE_bool("warmup", True, "Compile the training-size program before serving.")
-flags.DEFINE_string("compile_cache", default_compile_cache(), "Directory that keeps the compiled "
-                    "programs for the next start (jax's persistent cache); '' turns it off.")
-flags.mark_flag_as_required("checkpoint")
 FLAGS = flags.FLAGS
 
 
+def define_flags() -> None:
+    flags.DEFINE_string("checkpoint", None, "Localizer checkpoint (workdir, checkpoint or step "
+                        "directory; a workdir's best checkpoint is preferred).")
+    flags.DEFINE_string("harmonizer", None, "Harmonizer checkpoint (RainNet): also show the "
+                        "harmonized photo, with a toggle to compare it with the input.")
+    flags.DEFINE_string("host", "127.0.0.1", "Address to listen on: 127.0.0.1 (default) is this "
+                        "machine only; 0.0.0.0 every network interface.")
+    flags.DEFINE_integer("port", 7860, "Port to listen on.")
+    flags.DEFINE_enum("resize", "train", list(POLICIES), "The page's initial resolution policy.")
+    flags.DEFINE_integer("long_side", core.DEFAULT_LONG_SIDE, "The page's initial long side (pixels) "
+                         "for --resize long_side.")
+    flags.DEFINE_enum("dtype", "auto", list(DTYPES), "The localizer's compute dtype (as predict.py).")
+    flags.DEFINE_integer("max_pixels", core.MAX_PIXELS, "Largest photo accepted (pixels).")
+    flags.DEFINE_integer("max_run_pixels", core.MAX_RUN_PIXELS, "Largest size (pixels, padding "
+                         "included) the native / long_side policies may run the model at.")
+    flags.DEFINE_integer("max_file_mb", 100, "Largest upload accepted (MB).")
+    flags.DEFINE_integer("samples", 4, "Sample composites offered on the page (0: none).")
+    flags.DEFINE_bool("warmup", True, "Compile the training-size program before serving.")
+    flags.DEFINE_string("compile_cache", default_compile_cache(), "Directory that keeps the compiled "
+                        "programs for the next start (jax's persistent cache); '' turns it off.")
+    flags.mark_flag_as_required("checkpoint")
+
+
 def main(argv) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    cli.quiet_libraries()
+    jflags.begin(argv)
     from jirl.demo.page import build_app
 
     try:
@@ -61,7 +62,7 @@ def main(argv) -> int:
         demo = core.Demo(localizer, harmonizer, max_pixels=FLAGS.max_pixels,
                          max_run_pixels=FLAGS.max_run_pixels)
     except (OSError, CheckpointError, ValueError, BadImageError) as e:
-        print(f"jirl.demo: {e}", file=sys.stderr)
+        print(f"demo: {e}", file=sys.stderr)
         return 2
     if FLAGS.warmup:
         print(f"compiling {demo.model_name} for {localizer.train_size} px ...", flush=True)
@@ -74,11 +75,16 @@ def main(argv) -> int:
                     max_file_size=f"{FLAGS.max_file_mb}mb", ssr_mode=False, share=False,
                     inbrowser=False, footer_links=[])
     except OSError as e:
-        print(f"jirl.demo: cannot listen on {FLAGS.host}:{FLAGS.port} ({e}); choose another "
+        print(f"demo: cannot listen on {FLAGS.host}:{FLAGS.port} ({e}); choose another "
               "--port", file=sys.stderr)
         return 2
     return 0
 
 
+def run(argv: list[str] | None = None) -> None:
+    """Runs the command (argv: sys.argv by default)."""
+    jflags.run_command(main, define_flags, __doc__, argv)
+
+
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    run()

@@ -1,0 +1,67 @@
+"""jirl ablation (python -m jirl.ablation): train and score several variants of one config in
+this process, then tabulate them; see `jirl.ablation`.
+
+  jirl ablation --config rsrnet:quick --workdir runs/rsrnet_table2
+  jirl ablation --config rsrnet:quick --variants row2,row9 --config.seed=1
+  jirl ablation --config rainnet:quick
+
+--config.key=value overrides apply to every variant.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+from absl import flags
+from ml_collections import config_flags
+
+from jirl import ablation
+from jirl.runtime import configs, distributed
+from jirl.runtime import flags as jflags
+from jirl.runtime.checkpoints import CheckpointError
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    jflags.define_config_flag(lock_config=False, help_text=(
+        "The config whose variants are compared, with the base variant: rsrnet:quick, "
+        "rainnet:quick, or a file (FILE[:variant]); --config.key=value overrides every variant."))
+    flags.DEFINE_list("variants", [], "The variants to compare (default: the config's ROWS).")
+    flags.DEFINE_string("workdir", None, "Where each variant trains (<workdir>/<variant>) and the "
+                        "tables go. Default: runs/<config>_ablation.")
+    distributed.define_flags()
+
+
+def main(argv: list[str]) -> None:
+    jflags.begin(argv, join_processes=True)
+    argument = config_flags.get_config_filename(FLAGS["config"])
+    stem = os.path.splitext(os.path.basename(configs.split(argument)[0]))[0]
+    workdir = FLAGS.workdir or os.path.join("runs", f"{stem}_ablation")
+    try:
+        results = ablation.run_ablation(
+            argument, FLAGS.variants, workdir=workdir,
+            overrides=config_flags.get_override_values(FLAGS["config"]))
+    except (CheckpointError, ValueError) as e:
+        sys.exit(f"ablation: {e}")
+    if jax.process_index() != 0:
+        return
+    with open(os.path.join(workdir, "table.md"), encoding="utf-8") as f:
+        print(f.read())
+    for name in ("chart.png", "curves.png"):
+        if os.path.exists(os.path.join(workdir, name)):
+            print(f"{name}: {os.path.abspath(os.path.join(workdir, name))}")
+    if not os.path.exists(os.path.join(workdir, "chart.png")):
+        print("charts: not drawn (pip install 'jirl[plots]' for matplotlib)")
+    print(f"tables: {os.path.abspath(workdir)} ({len(results)} variants)")
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Runs the command (argv: sys.argv by default)."""
+    jflags.run_command(main, define_flags, __doc__, argv)
+
+
+if __name__ == "__main__":
+    run()
