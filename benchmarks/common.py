@@ -70,10 +70,11 @@ def random_batch(batch: int, size: int, seed: int = 0, real: bool = False) -> di
 
 
 def is_harmonizer(config) -> bool:
-    """Whether `config.model` is a harmonization model (its batch needs "real"; imports jirl)."""
+    """Whether the batch of `config.model`'s task carries the real image (a harmonizer's
+    does; imports jirl)."""
     from jirl.models import resolve_spec
 
-    return resolve_spec(config.model).task == "harmonization"
+    return "real" in resolve_spec(config.model).task.batch_keys
 
 
 def digest(*arrays: np.ndarray) -> str:
@@ -117,7 +118,7 @@ class JirlBench:
     memory returned to the OS; a model with `train_phases`, RainNet, runs all its phases, D then
     G, in one step), the inference forward `model.apply(image, train=False, **model_inputs)`:
     its "mask" for a localization model, its "harmonized" image for a harmonization model
-    (`spec.task == "harmonization"`, whose batch must carry "real": `random_batch(real=True)`;
+    (whose task's batch carries "real": `random_batch(real=True)`;
     its mask is a model input, `spec.model_inputs`).
     """
 
@@ -125,18 +126,18 @@ class JirlBench:
         import jax
 
         from jirl.models import build_model, init_model_variables
-        from jirl.training import mesh as jmesh
+        from jirl.runtime import mesh as jmesh
         from jirl.training.optim import make_optimizer
         from jirl.training.state import create_train_state
         from jirl.training.steps import make_train_step
 
         self._jax = jax
         spec, model = build_model(config)
-        self.harmonizer = spec.task == "harmonization"
+        self.harmonizer = "real" in spec.task.batch_keys
         # what the train step minimizes: the objective, or each phase's loss in order
         self.loss_name = ("objective" if not spec.train_phases else "SPEC.train_phases: " + ", then ".join(
             f"{p.loss.__name__} ({'/'.join(p.groups)})" for p in spec.train_phases))
-        self.keys = keys = ("image", "mask", "real") if self.harmonizer else ("image", "mask")
+        self.keys = keys = spec.task.batch_keys
         missing = [k for k in keys if k not in batch]
         if missing:
             raise ValueError(f"the {spec.name} benchmark batch lacks {missing} (a harmonizer's needs "
@@ -152,7 +153,8 @@ class JirlBench:
                                   out_shardings=(repl, repl))
         # the model's inputs beyond the image (a harmonizer's mask), arguments of the forward
         self.model_inputs = spec.model_inputs(self.batch) if spec.model_inputs is not None else {}
-        output = "harmonized" if self.harmonizer else "mask"
+        # the primary output: the harmonized image, or the mask (a localizer's eval_masks entry)
+        output = spec.primary_mask if self.harmonizer else "mask"
         self._infer_jit = jax.jit(lambda v, x, inputs: model.apply(v, x, train=False, **inputs)[output])
         self._step = self._infer = None
 

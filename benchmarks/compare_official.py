@@ -465,7 +465,7 @@ def check_config(config) -> None:
     """The jirl config must describe what the official side runs: DIRL (official loss, ResNet34),
     MadisNet (official G, iHDRNet, E_dom and loss) or RainNet (official G and D layouts, Adams
     and gradient penalty; `official_rainnet.config_problems`), at a size the official code runs."""
-    from configs import dirl as dirl_config
+    from jirl.configs import dirl as dirl_config
 
     if config.model.name not in OFFICIAL_REPOS:
         raise app.UsageError(f"--config is a {config.model.name!r} config; the official code compared "

@@ -1,5 +1,5 @@
 """The demo page's latency as a user sees it: `python -m jirl.demo` on loopback, driven by
-headless Chromium (jirl.demo.browser), a photo uploaded, timed until the result is on the page
+headless Chromium (tests/demo_browser.py), a photo uploaded, timed until the result is on the page
 (upload, decode, localize, harmonize, PNG encoding, transfer and the browser's decoding of every
 picture). Prints JSON; saves a screenshot of the page with the first result.
 
@@ -21,7 +21,8 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -53,7 +54,8 @@ def main() -> None:
     parser.add_argument("--screenshot", default=None, help="PNG of the page with the first result")
     args = parser.parse_args()
 
-    from jirl.demo.browser import DemoBrowser, DemoServer
+    sys.path.insert(0, os.path.join(ROOT, "tests"))  # the browser driver is test tooling
+    from demo_browser import DemoBrowser, DemoServer
 
     width, height = (int(v) for v in args.size.lower().split("x"))
     folder = tempfile.mkdtemp(prefix="jirl-demo-latency-")

@@ -28,7 +28,7 @@ sys.path.insert(0, ROOT)
 
 from jirl import data as jdata  # noqa: E402
 from jirl.models import build_model, init_model_variables  # noqa: E402
-from jirl.training import mesh as jmesh  # noqa: E402
+from jirl.runtime import mesh as jmesh  # noqa: E402
 from jirl.training.optim import make_optimizer  # noqa: E402
 from jirl.training.state import create_train_state  # noqa: E402
 from jirl.training.steps import make_train_step  # noqa: E402

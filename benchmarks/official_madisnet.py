@@ -172,7 +172,7 @@ def official_message(config) -> dict:
 
 def config_problems(config, mismatch) -> list[str]:
     """Why a jirl MadisNet config is not what the official side runs (empty: it is)."""
-    from configs import madisnet as madisnet_config
+    from jirl.configs import madisnet as madisnet_config
 
     model = config.model
     name = model.localizer.name

@@ -164,7 +164,7 @@ def config_problems(config, mismatch) -> list[str]:
     and one D layout (six stride-2 convs); --normG RAIN or instance; cal_gradient_penalty's
     lambda_gp 10; one beta1 for both Adams, beta2 0.999, torch's eps 1e-8 and no weight decay.
     """
-    from configs import rainnet as rainnet_config
+    from jirl.configs import rainnet as rainnet_config
 
     reference = rainnet_config.get_config("")
     model = config.model

@@ -69,10 +69,10 @@ def build_folder(folder: str) -> dict[str, tuple[int, int]]:
 def random_checkpoint(directory: str) -> str:
     """A randomly initialized DIRL at the official width, written as a checkpoint."""
     import jax
+    from jirl.configs import dirl as dirl_config
 
-    from configs import dirl as dirl_config
     from jirl.models import build_model, init_model_variables
-    from jirl.training.checkpoints import write_model_checkpoint
+    from jirl.runtime.checkpoints import write_model_checkpoint
 
     config = dirl_config.get_config()
     _, model = build_model(config)

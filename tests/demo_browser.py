@@ -1,5 +1,6 @@
-"""The demo page driven in a real, headless Chromium: Debian's `chromium` and `chromedriver`
-through Selenium (which is told where both are, so it downloads nothing).
+"""Test tooling, not part of the jirl package: the demo page driven in a real, headless
+Chromium, Debian's `chromium` and `chromedriver` through Selenium (which is told where both are,
+so it downloads nothing).
 
 Used by the end-to-end test (tests/test_demo_browser.py) and by benchmarks/demo_latency.py:
 
@@ -18,6 +19,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+
+from jirl import files
 
 CHROMIUM_FLAGS = (
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -249,8 +252,6 @@ class DemoBrowser:
         self.driver.execute_script("window.scrollTo(0, 0)")
         shot = self.driver.execute_cdp_cmd(
             "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
-        os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-        with open(path + ".tmp", "wb") as f:
+        with files.atomic_write(path, "wb") as f:
             f.write(base64.b64decode(shot["data"]))
-        os.replace(path + ".tmp", path)
         return path

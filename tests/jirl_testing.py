@@ -15,12 +15,13 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def subprocess_env(devices: int = 1, cache_dir: str | None = None) -> dict:
+def subprocess_env(devices: int = 1, cache_dir: str | None = None, checkout: bool = True) -> dict:
     """Environment for a jirl subprocess on `devices` simulated CPU devices.
 
     XLA_FLAGS and `jax.distributed` only take effect before JAX starts its backends, hence
     subprocesses. Faster CPU compiles (~20 %), with the same flags for every run compared;
     `cache_dir`: XLA's persistent compilation cache, shared by runs that compile the same step.
+    `checkout=False` leaves the repository off PYTHONPATH: jirl is what is installed.
     """
     env = dict(os.environ)
     env["XLA_FLAGS"] = " ".join(
@@ -36,7 +37,8 @@ def subprocess_env(devices: int = 1, cache_dir: str | None = None) -> dict:
         ]
     )
     env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != ROOT]
+    env["PYTHONPATH"] = os.pathsep.join(([ROOT] if checkout else []) + paths)
     for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
         env.pop(k, None)
     if cache_dir:
@@ -55,10 +57,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(args: list[str], env: dict, timeout: int = 300, check: bool = True):
-    """`python *args` in the repository root; with `check`, asserts it exited 0."""
+def run(args: list[str], env: dict, timeout: int = 300, check: bool = True, cwd: str = ROOT):
+    """`python *args` in `cwd` (the repository root by default); with `check`, asserts it
+    exited 0."""
     proc = subprocess.run(
-        [sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT
+        [sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd
     )
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
@@ -95,7 +98,7 @@ TINY_VGG = (4, 4, 8, 8, 8, 8, 8)
 
 def tiny_dirl_config() -> ml_collections.ConfigDict:
     """configs/dirl.py:quick made narrow enough for unit tests (32 px)."""
-    from configs import dirl as dc
+    from jirl.configs import dirl as dc
 
     c = dc.get_config("quick")
     c.model.update(stem_features=4, stage_features=(4, 4, 8, 8, 8), ggd_ch=4)
@@ -105,7 +108,7 @@ def tiny_dirl_config() -> ml_collections.ConfigDict:
 
 def tiny_rainnet_config() -> ml_collections.ConfigDict:
     """configs/rainnet.py:quick made narrow enough for unit tests (32 px)."""
-    from configs import rainnet as rc
+    from jirl.configs import rainnet as rc
 
     c = rc.get_config("quick")
     c.model.update(ngf=4, blocks=1, ndf=4, d_strided=2)
@@ -115,7 +118,7 @@ def tiny_rainnet_config() -> ml_collections.ConfigDict:
 
 def tiny_madisnet_config(localizer: str = "dirl", **model) -> ml_collections.ConfigDict:
     """configs/madisnet.py:quick[,localizer] made narrow enough for unit tests (32 px)."""
-    from configs import madisnet as madisnet_config
+    from jirl.configs import madisnet as madisnet_config
 
     c = madisnet_config.get_config("quick" if localizer == "dirl" else f"quick,{localizer}")
     c.model.localizer.update(stem_features=8, stage_features=(8, 8, 16, 16, 16),
@@ -134,7 +137,7 @@ def tiny_checkpoint(directory, config, with_config=True, seed=0, drop_data_keys=
     (step directory, flax module, variables). DIRL's BN statistics are perturbed so that its
     mask varies over the image."""
     from jirl.models import build_model, init_model_variables
-    from jirl.training.checkpoints import write_model_checkpoint
+    from jirl.runtime.checkpoints import write_model_checkpoint
 
     _, model = build_model(config)
     variables = jax.device_get(init_model_variables(config, model, seed=seed))
@@ -148,3 +151,16 @@ def tiny_checkpoint(directory, config, with_config=True, seed=0, drop_data_keys=
         for key in drop_data_keys:  # a checkpoint from before the key existed
             del meta["config"]["data"][key]
     return write_model_checkpoint(str(directory), variables, meta), model, variables
+
+
+def stored_variables(step_dir) -> dict:
+    """The model variables of a checkpoint, restored as numpy arrays shaped as they are stored."""
+    import orbax.checkpoint as ocp
+
+    from jirl.runtime.checkpoints import restore_model
+
+    with ocp.StandardCheckpointer() as ckptr:
+        meta = ckptr.metadata(os.path.join(str(step_dir), "model"))
+    meta = getattr(getattr(meta, "item_metadata", meta), "tree", meta)
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), meta)
+    return jax.tree.map(np.asarray, restore_model(str(step_dir), target))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import chex
 import numpy as np
 import pytest
+from jirl.configs.default import data_config
 
-from configs.default import data_config
 from jirl import visualize
 from jirl.data import synthetic
 from jirl.training import baselines

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jirl.configs import dirl as dirl_config
 
-from configs import dirl as dirl_config
 from jirl.models import build_model, init_model_variables
 from jirl.training.state import create_train_state
 from jirl.training.steps import make_train_step

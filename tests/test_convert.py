@@ -14,10 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jirl.convert import ConversionError, backbones, load_state_dict
+from jirl.convert import ConversionError, load_state_dict
 from jirl.convert import dirl as convert
-from jirl.convert.mapping import assign
 from jirl.models import dirl
+from jirl.models.resnet import TORCHVISION_RESNET34
+from jirl.runtime.mapping import assign
+from jirl.runtime.pretrained import assign_pretrained, load_pretrained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(stem_features=8, stage_features=(8, 8, 16, 16, 16), stage_blocks=(1, 2, 1, 1, 1),
@@ -73,6 +75,19 @@ def official_module_name(path: str) -> str:
     raise AssertionError(path)
 
 
+def official_dirl_files(variables, directory):
+    """jirl DIRL variables written as the official encoder / decoder .pth files: (enc, dec)."""
+    import torch
+
+    sd = to_torch_layout(variables, official_module_name)
+    enc = {k: torch.from_numpy(np.array(v)) for k, v in sd.items()
+           if k.startswith(("inconv", "inbn", "encoder"))}
+    dec = {k: torch.from_numpy(np.array(v)) for k, v in sd.items() if k not in enc}
+    torch.save(enc, os.path.join(directory, "enc.pth"))
+    torch.save(dec, os.path.join(directory, "dec.pth"))
+    return os.path.join(directory, "enc.pth"), os.path.join(directory, "dec.pth")
+
+
 def test_official_layout_round_trips_through_the_importer():
     model = dirl.DIRL(**TINY)
     variables = _variables(model)
@@ -115,7 +130,7 @@ def test_backbone_fills_stages_1_to_4_only():
     tv["fc.weight"], tv["fc.bias"] = np.zeros((1000, 512)), np.zeros(1000)
     fresh = jax.device_get(jax.jit(lambda: model.init(
         jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3)), False))())
-    loaded = backbones.resnet34_variables(tv, fresh)
+    loaded = assign_pretrained(TORCHVISION_RESNET34, tv, fresh)
     for i in range(1, 5):
         jax.tree.map(np.testing.assert_array_equal, loaded["params"]["encoder"][f"encoder{i}"],
                      variables["params"]["encoder"][f"encoder{i}"])
@@ -184,7 +199,7 @@ def test_convert_cli_writes_a_checkpoint_eval_accepts(torch, tmp_path):
     torch.save(dec, tmp_path / "dec.pth")
     cfg = str(tmp_path / "tiny.py")
     with open(cfg, "w") as f:
-        f.write("from configs import dirl\n\ndef get_config(arg=None):\n    c = dirl.get_config()\n"
+        f.write("from jirl.configs import dirl\n\ndef get_config(arg=None):\n    c = dirl.get_config()\n"
                 f"    c.model.update({TINY!r})\n    return c\n")
     out = str(tmp_path / "converted")
     proc = subprocess.run([sys.executable, "-m", "jirl.convert", "dirl", "--encoder",
@@ -192,7 +207,7 @@ def test_convert_cli_writes_a_checkpoint_eval_accepts(torch, tmp_path):
                            "--out", out, "--config", cfg], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    from jirl.training.checkpoints import restore_model
+    from jirl.runtime.checkpoints import restore_model
 
     restored = restore_model(out, jax.tree.map(np.zeros_like, variables))
     jax.tree.map(np.testing.assert_array_equal, restored, variables)
@@ -204,7 +219,7 @@ def test_convert_cli_writes_a_checkpoint_eval_accepts(torch, tmp_path):
 
 
 def test_backbone_weights_config_loads_a_torchvision_file(torch, tmp_path):
-    from configs import dirl as dirl_config
+    from jirl.configs import dirl as dirl_config
 
     cfg = dirl_config.get_config().model
     cfg.ggd_ch, cfg.stage_blocks = 4, (3, 4, 6, 3, 1)
@@ -218,7 +233,7 @@ def test_backbone_weights_config_loads_a_torchvision_file(torch, tmp_path):
     cfg.backbone_weights = str(tmp_path / "resnet34.pth")
     fresh = jax.device_get(jax.jit(lambda: model.init(
         jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3)), False))())
-    loaded = backbones.initialize(dirl.SPEC.pretrained, fresh, cfg)
+    loaded = load_pretrained(dirl.SPEC.pretrained, fresh, cfg)
     jax.tree.map(np.testing.assert_array_equal, loaded["batch_stats"]["encoder"]["encoder3"],
                  variables["batch_stats"]["encoder"]["encoder3"])
     del tv["layer4.2.bn2.running_var"]
@@ -226,4 +241,4 @@ def test_backbone_weights_config_loads_a_torchvision_file(torch, tmp_path):
                tmp_path / "broken.pth")
     cfg.backbone_weights = str(tmp_path / "broken.pth")
     with pytest.raises(ConversionError, match="missing .*encoder4/block2/bn2/var"):
-        backbones.initialize(dirl.SPEC.pretrained, fresh, cfg)
+        load_pretrained(dirl.SPEC.pretrained, fresh, cfg)

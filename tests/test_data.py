@@ -9,11 +9,11 @@ import chex
 import numpy as np
 import pytest
 from absl import flags
+from jirl.configs.default import data_config
 from scipy import ndimage
 
-from configs.default import data_config
 from jirl import data
-from jirl.data import pipeline, synthetic, transforms
+from jirl.data import schema, synthetic, transforms
 from jirl.data.tfds_synthetic import SyntheticComposites, synthetic_builder
 
 SIZE = 48  # generated image size
@@ -21,8 +21,8 @@ CROP = 40  # model input size (differs from SIZE so resizing is exercised)
 NUM_TRAIN = 13  # prepared; the default validation_fraction 0.1 holds round(1.3) = 1 out as "val"
 TRAIN = 12  # the "train" split the pipeline reads
 NUM_TEST = 5
-MEAN = np.array(pipeline.IMAGENET_MEAN, np.float32)
-STD = np.array(pipeline.IMAGENET_STD, np.float32)
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)  # ImageNet's, as configs/default.py sets them
+STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -313,11 +313,11 @@ def test_public_names():
 def test_default_data_dir(monkeypatch):
     cfg = data_config()
     monkeypatch.delenv("JIRL_DATA_DIR", raising=False)
-    assert pipeline.resolve_data_dir(cfg).endswith(".cache/jirl/tensorflow_datasets")
+    assert schema.resolve_data_dir(cfg).endswith(".cache/jirl/tensorflow_datasets")
     monkeypatch.setenv("JIRL_DATA_DIR", "/somewhere")
-    assert pipeline.resolve_data_dir(cfg) == "/somewhere"
+    assert schema.resolve_data_dir(cfg) == "/somewhere"
     cfg.data_dir = "/explicit"
-    assert pipeline.resolve_data_dir(cfg) == "/explicit"
+    assert schema.resolve_data_dir(cfg) == "/explicit"
 
 
 def test_steps_per_epoch(data_cfg):

@@ -7,9 +7,9 @@ import os
 
 import numpy as np
 import pytest
+from jirl.configs.default import data_config
 from PIL import Image
 
-from configs.default import data_config
 from jirl import data
 from jirl.data import composites, pipeline, record_index, splits
 

@@ -220,7 +220,7 @@ def test_demo_cli_reports_a_bad_checkpoint_and_a_busy_port(checkpoints, tmp_path
     proc = run([*common, "--checkpoint", str(tmp_path / "none")], subprocess_env(), check=False,
                timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "jirl.demo:" in proc.stderr and "none" in proc.stderr
+    assert "demo:" in proc.stderr and "none" in proc.stderr
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -228,4 +228,4 @@ def test_demo_cli_reports_a_bad_checkpoint_and_a_busy_port(checkpoints, tmp_path
         proc = run([*common, "--checkpoint", checkpoints[0], "--port", str(port)],
                    subprocess_env(), check=False, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert f"jirl.demo: cannot listen on 127.0.0.1:{port}" in proc.stderr
+    assert f"demo: cannot listen on 127.0.0.1:{port}" in proc.stderr

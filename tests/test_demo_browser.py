@@ -8,13 +8,13 @@ directory) as demo_browser.png."""
 
 import os
 
+import demo_browser as browser
 import numpy as np
 import pytest
 from jirl_testing import free_port, subprocess_env, tiny_checkpoint, tiny_dirl_config, tiny_rainnet_config
 from PIL import Image
 
 from jirl import inference
-from jirl.demo import browser
 
 pytestmark = pytest.mark.browser
 

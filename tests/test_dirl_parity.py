@@ -18,13 +18,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jirl.configs import dirl as dirl_config
 from test_unet import synthetic_tensor
 
-from configs import dirl as dirl_config
 from jirl import losses
 from jirl.convert import dirl as convert
-from jirl.convert.mapping import assign
 from jirl.models import build_model, init_variables
+from jirl.runtime.mapping import assign
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "dirl.npz")
 OFFICIAL_PARAMS = 53_471_354

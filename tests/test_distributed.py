@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from jirl_testing import free_port, run_processes, subprocess_env
 
-from jirl.training import distributed
+from jirl.runtime import distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CONFIG = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, {root!r})
-    from configs import dirl as dirl_config
+    from jirl.configs import dirl as dirl_config
 
     def tiny_config(data_dir, steps=3):
         c = dirl_config.get_config("quick")
@@ -74,7 +74,7 @@ import chex
 import jax
 import numpy as np
 import optax
-from jirl.training import mesh as jmesh
+from jirl.runtime import mesh as jmesh
 from jirl.models import build_model, init_model_variables
 from jirl.training.state import create_train_state
 from jirl.training.steps import make_train_step
@@ -139,7 +139,7 @@ parser.add_argument("--num_processes", type=int)
 parser.add_argument("--process_id", type=int)
 a = parser.parse_args()
 
-from jirl.training import distributed
+from jirl.runtime import distributed
 distributed.initialize(a.coordinator_address, a.num_processes, a.process_id)
 import jax
 from jirl.training import loop
@@ -199,7 +199,7 @@ def test_two_processes_match_one_process(tmp_path):
     # the checkpoint saved collectively by both processes restores in one process, and its
     # update from the initial params equals the one-process run's
     from jirl.models import build_model, init_model_variables
-    from jirl.training import checkpoints as ckpt
+    from jirl.runtime import checkpoints as ckpt
 
     step_two = ckpt.resolve_checkpoint(os.path.join(two, "checkpoints"))
     step_one = ckpt.resolve_checkpoint(os.path.join(one, "checkpoints"))

@@ -1,5 +1,5 @@
 """Every command line on 2 and 8 (simulated) devices and over 2 processes: eval.py (with
---save_masks), train.py with --config.init_from and resume, python -m jirl.convert; and the errors
+--save_outputs), train.py with --config.init_from and resume, python -m jirl.convert; and the errors
 for a checkpoint of another model or shape.
 
 Each case runs in a subprocess (the device count is fixed when JAX starts). One tiny DIRL is
@@ -12,7 +12,7 @@ import os
 import jax
 import numpy as np
 import pytest
-from jirl_testing import free_port, run, run_processes, subprocess_env
+from jirl_testing import free_port, run, run_processes, stored_variables, subprocess_env
 
 TINY = [
     "--config.model.stem_features=4", "--config.model.stage_features=(4,4,8,8,8)",
@@ -61,7 +61,7 @@ def _assert_same_scores(workdir, reference):
 @pytest.mark.parametrize("devices", DEVICE_COUNTS)
 def test_eval_with_masks_on_several_devices(trained, devices, tmp_path):
     root, common, env, reference = trained
-    proc = run(_eval(common, tmp_path, _checkpoint(root), "--save_masks"), env(devices))
+    proc = run(_eval(common, tmp_path, _checkpoint(root), "--save_outputs"), env(devices))
     assert "AP" in proc.stdout
     _assert_same_scores(tmp_path, reference)
     assert len(os.listdir(tmp_path / "masks" / "mask")) == 8
@@ -85,7 +85,7 @@ def test_eval_over_two_processes_writes_every_mask(trained, tmp_path):
     root, common, env, reference = trained
     address = f"127.0.0.1:{free_port()}"
     outputs = run_processes(
-        [_eval(common, tmp_path, _checkpoint(root), "--save_masks", "--coordinator_address", address,
+        [_eval(common, tmp_path, _checkpoint(root), "--save_outputs", "--coordinator_address", address,
                "--num_processes", "2", "--process_id", str(i)) for i in range(2)], env(1))
     for i, (rc, out, err) in enumerate(outputs):
         assert rc == 0, f"process {i}:\n{out[-3000:]}\n{err[-6000:]}"
@@ -97,31 +97,14 @@ def test_eval_over_two_processes_writes_every_mask(trained, tmp_path):
 @pytest.fixture(scope="module")
 def official_files(trained, tmp_path_factory):
     """The trained checkpoint written back as official DIRL encoder / decoder .pth files."""
-    torch = pytest.importorskip("torch", reason="the optional extra jirl[torch] is not installed")
-    from test_convert import official_module_name, to_torch_layout
-
-    from jirl.training import checkpoints as ckpt
+    pytest.importorskip("torch", reason="the optional extra jirl[torch] is not installed")
+    from test_convert import official_dirl_files
 
     root, *_ = trained
-    step_dir = _checkpoint(root)
-    variables = jax.tree.map(np.asarray, ckpt.restore_model(str(step_dir), _stored_tree(step_dir)))
-    sd = to_torch_layout(variables, official_module_name)
-    enc = {k: torch.from_numpy(np.array(v)) for k, v in sd.items()
-           if k.startswith(("inconv", "inbn", "encoder"))}
-    dec = {k: torch.from_numpy(np.array(v)) for k, v in sd.items() if k not in enc}
+    variables = stored_variables(_checkpoint(root))
     out = tmp_path_factory.mktemp("official")
-    torch.save(enc, out / "enc.pth")
-    torch.save(dec, out / "dec.pth")
+    official_dirl_files(variables, out)
     return out, variables
-
-
-def _stored_tree(step_dir):
-    import orbax.checkpoint as ocp
-
-    with ocp.StandardCheckpointer() as ckptr:
-        meta = ckptr.metadata(os.path.join(step_dir, "model"))
-    meta = getattr(getattr(meta, "item_metadata", meta), "tree", meta)
-    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), meta)
 
 
 @pytest.mark.parametrize("devices", DEVICE_COUNTS)
@@ -133,12 +116,11 @@ def test_convert_on_several_devices(trained, official_files, devices, tmp_path):
                 str(files / "dec.pth"), "--out", str(out), "--config", "configs/dirl.py",
                 *[f for f in TINY if f.startswith("--config.model.")]], env(devices))
     assert "wrote" in proc.stdout
-    from jirl.training import checkpoints as ckpt
+    from jirl.runtime import checkpoints as ckpt
 
     step_dir = ckpt.resolve_checkpoint(str(out))
     assert ckpt.read_meta(step_dir)["config"]["model"]["ggd_ch"] == 4
-    restored = ckpt.restore_model(str(out), _stored_tree(step_dir))
-    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, restored), variables)
+    jax.tree.map(np.testing.assert_array_equal, stored_variables(step_dir), variables)
     # ... and eval.py on that many devices scores it as the original checkpoint
     run(_eval(common, tmp_path, out), env(devices))
     _assert_same_scores(tmp_path, reference)
@@ -146,9 +128,10 @@ def test_convert_on_several_devices(trained, official_files, devices, tmp_path):
 
 def _unet_checkpoint(directory):
     """An (untrained) UNet checkpoint of the tiny widths, as train.py would write it."""
-    from configs import unet as unet_config
+    from jirl.configs import unet as unet_config
+
     from jirl.models import build_model, init_model_variables
-    from jirl.training import checkpoints as ckpt
+    from jirl.runtime import checkpoints as ckpt
 
     config = unet_config.get_config("quick")
     config.model.stem_features, config.model.stage_features = 4, (4, 4, 8, 8, 8)

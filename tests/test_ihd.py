@@ -11,9 +11,9 @@ import pickle
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from jirl.configs.default import data_config
 from PIL import Image, ImageFile
 
-from configs.default import data_config
 from jirl import data
 from jirl.data import ihd, ihd_lists, images
 

@@ -5,9 +5,9 @@ import os
 
 import ml_collections
 import pytest
+from jirl.configs import dirl as dirl_config
 
-from configs import dirl as dirl_config
-from jirl.training import checkpoints as ckpt
+from jirl.runtime import checkpoints as ckpt
 from jirl.training import loop
 
 

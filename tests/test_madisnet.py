@@ -16,9 +16,9 @@ from test_unet import synthetic_tensor
 
 from jirl import losses
 from jirl.convert import madisnet as convert
-from jirl.convert.torch_io import ConversionError
 from jirl.models import build_model, get_spec, init_model_variables, madisnet, resolve_spec
 from jirl.models.layers import resize_bilinear
+from jirl.runtime.torch_io import ConversionError
 from jirl.training.optim import make_optimizer
 from jirl.training.state import create_train_state
 from jirl.training.steps import make_loss_fn, make_train_step
@@ -95,6 +95,41 @@ def test_losses_have_finite_gradients_when_a_discrepancy_vanishes():
 
 
 # ---------------------------------------------------------------- frozen VGG and optimizer groups
+
+
+def test_vgg_weights_fill_the_domain_encoders_partial_convs_only(tmp_path):
+    """config.model.vgg_weights names a torchvision vgg16 .pth: features.{0,2,5,7,10,12,14}
+    (conv1_1 ... conv3_3) land in E_dom's conv0 ... conv6 (written here by hand, independently
+    of the model file's rules); the deeper convs and the classifier are ignored; nothing else
+    changes."""
+    torch = pytest.importorskip("torch", reason="the optional extra jirl[torch] is not installed")
+    from jirl.runtime.pretrained import load_pretrained
+
+    c = tiny_madisnet_config()
+    spec, model = build_model(c)
+    source = jax.device_get(init_model_variables(c, model, seed=1))
+    fresh = jax.device_get(init_model_variables(c, model, seed=2))
+    sd = {}
+    for k, index in enumerate((0, 2, 5, 7, 10, 12, 14)):
+        conv = source["params"]["domain_encoder"][f"conv{k}"]
+        oihw = np.transpose(np.asarray(conv["kernel"]), (3, 2, 0, 1)).copy()
+        sd[f"features.{index}.weight"] = torch.from_numpy(oihw)
+        sd[f"features.{index}.bias"] = torch.from_numpy(np.asarray(conv["bias"]).copy())
+    sd["features.17.weight"] = torch.zeros(8, 8, 3, 3)  # conv4_1: no counterpart
+    sd["classifier.0.weight"] = torch.zeros(10, 8)
+    torch.save(sd, tmp_path / "vgg16.pth")
+    c.model.vgg_weights = str(tmp_path / "vgg16.pth")
+    loaded = load_pretrained(spec.pretrained, fresh, c.model)
+    for k in range(7):
+        chex.assert_trees_all_equal(loaded["params"]["domain_encoder"][f"conv{k}"],
+                                    source["params"]["domain_encoder"][f"conv{k}"])
+    rest = lambda v: {k: x for k, x in v["params"].items() if k != "domain_encoder"}  # noqa: E731
+    chex.assert_trees_all_equal(rest(loaded), rest(fresh))
+    del sd["features.14.bias"]
+    torch.save(sd, tmp_path / "broken.pth")
+    c.model.vgg_weights = str(tmp_path / "broken.pth")
+    with pytest.raises(ConversionError, match="missing .*domain_encoder/conv6/bias"):
+        load_pretrained(spec.pretrained, fresh, c.model)
 
 
 def test_vgg_layers_are_frozen_and_have_no_optimizer_state(tiny_state):
@@ -214,7 +249,7 @@ def test_any_registered_localizer_is_g():
 
 
 def test_configs():
-    from configs import madisnet as madisnet_config
+    from jirl.configs import madisnet as madisnet_config
 
     c = madisnet_config.get_config()
     assert (c.batch_size, c.data.crop_size, c.num_epochs, c.recipe) == (12, 256, 60, "official")
@@ -225,22 +260,22 @@ def test_configs():
     spec = resolve_spec(c.model)
     assert [(p.key, p.kind, p.prefix) for p in spec.pretrained] == [
         ("backbone_weights", "resnet34", "g"), ("vgg_weights", "vgg16", "domain_encoder")]
-    from configs import dirl as dirl_config
+    from jirl.configs import dirl as dirl_config
 
     quick, reference = madisnet_config.get_config("quick"), dirl_config.get_config("quick")
     for key in reference:  # quick trains like configs/dirl.py:quick (same data), 14 of its 20 epochs
         if key not in ("model", "loss", "optimizer", "num_epochs"):
             assert quick[key] == reference[key], key
     assert (quick.num_epochs, quick.optimizer.decay_epochs) == (14, (11, 13))
-    from jirl.training import cli
+    from jirl.training.recipe import recipe_warnings
 
-    problems = cli.recipe_warnings(c)  # the official recipe needs iHarmony4 and both ImageNet files
+    problems = recipe_warnings(c)  # the official recipe needs iHarmony4 and both ImageNet files
     assert [p.split(" is unset")[0].split("config.model.")[-1] for p in problems[:2]] == [
         "backbone_weights", "vgg_weights"] and "config.data.source" in problems[2]
-    assert cli.recipe_warnings(quick) == []
+    assert recipe_warnings(quick) == []
     assert madisnet_config.get_config("quick,rsrnet").model.localizer.name == "rsrnet"
     assert not madisnet_config.get_config("noddm").model.domain_encoder
-    with pytest.raises(ValueError, match="unknown variant 'unet,rsrnet'"):
+    with pytest.raises(ValueError, match="conflicting variants 'unet,rsrnet'"):
         madisnet_config.get_config("unet,rsrnet")
     bad = madisnet_config.get_config("quick")
     bad.model.luma_bins = 8
@@ -310,7 +345,7 @@ def test_matches_the_official_forward_pass(localizer):
     """Official MadisNet(DIRL) / MadisNet(UNet) at full width (tests/fixtures/README.md): the masks
     (DIRL: and the five attention maps) and I', eval and train mode, at 256 x 256 and 48 x 80; and
     libcom's MadisNet, which gives the same mask from the same files."""
-    from configs import madisnet as madisnet_config
+    from jirl.configs import madisnet as madisnet_config
 
     with np.load(os.path.join(FIXTURES, "madisnet.npz")) as f:
         fx = dict(f)
@@ -388,9 +423,10 @@ def test_convert_cli_reads_libcom_files_into_a_checkpoint_eval_accepts(tmp_path)
     `python -m jirl.convert madisnet` -> the checkpoint restores and gives the official masks,
     and `jirl.Localizer` on it reproduces libcom's `InharmoniousLocalizationModel` on a photo."""
     torch = pytest.importorskip("torch", reason="the optional extra jirl[torch] is not installed")
-    from configs import madisnet as madisnet_config
+    from jirl.configs import madisnet as madisnet_config
+
     from jirl.convert.__main__ import convert as convert_cli
-    from jirl.training import checkpoints as ckpt
+    from jirl.runtime import checkpoints as ckpt
 
     with np.load(os.path.join(FIXTURES, "madisnet.npz")) as f:
         fx = dict(f)
@@ -489,7 +525,7 @@ def test_one_float64_training_step_matches_the_official(localizer):
     optimizer: the loss terms, the gradient of every parameter (sum, sum of squares, 6 sampled
     entries) and the change of every parameter after the three Adams (coupled L2 1e-4); the VGG
     layers get no gradient and do not move."""
-    from configs import madisnet as madisnet_config
+    from jirl.configs import madisnet as madisnet_config
 
     fx, index, bn_keys = _step_fixture()
     info, n = index[localizer], len(index[localizer]["keys"])
@@ -559,7 +595,7 @@ def test_one_float64_training_step_matches_the_official(localizer):
 def test_the_speed_comparison_takes_only_what_the_official_madisnet_runs(monkeypatch):
     """benchmarks/compare_official.py's MadisNet side follows the localizer, DIRL's ggd_ch and
     E_dom on / off; any other difference from the official model is refused before it runs."""
-    from configs import madisnet as madisnet_config
+    from jirl.configs import madisnet as madisnet_config
 
     monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
     from common import model_config_mismatch

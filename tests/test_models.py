@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from jirl.models import available_models, dirl, get_spec, layers
+from jirl.models import available_models, cpu_conv, dirl, get_spec, layers
 from jirl.models.resnet import BasicBlock, Encoder, ResLayer
 
 TINY = dict(stem_features=8, stage_features=(8, 8, 16, 16, 24), stage_blocks=(1, 2, 1, 1, 1),
@@ -361,9 +361,9 @@ def test_strided_conv_gradients_to_second_order_equal_xlas(size, k, stride, padd
     def second(conv):
         return jax.grad(lambda w: jnp.sum(first(conv)(x, w)[0] ** 2))
 
-    chex.assert_trees_all_close(first(layers.conv2d)(x, kernel), first(layers._conv)(x, kernel),
+    chex.assert_trees_all_close(first(cpu_conv.conv2d)(x, kernel), first(cpu_conv.xla_conv)(x, kernel),
                                 atol=1e-5)
-    ours, xla = second(layers.conv2d)(kernel), second(layers._conv)(kernel)
+    ours, xla = second(cpu_conv.conv2d)(kernel), second(cpu_conv.xla_conv)(kernel)
     chex.assert_trees_all_close(ours, xla, atol=2e-5 * float(jnp.max(jnp.abs(xla))))
 
 
@@ -389,13 +389,14 @@ def test_conv_tapwise_kernel_gradient_equals_xlas(stride, padding, dilation, k):
             return jnp.sum(jnp.sin(y) * jnp.cos(jnp.arange(y.size).reshape(y.shape)))
         return f
 
-    ours = jax.jit(jax.grad(loss(layers._conv_tapwise_grad), (0, 1)))(x, kernel)
-    ref = jax.jit(jax.grad(loss(layers._conv), (0, 1)))(x, kernel)
+    ours = jax.jit(jax.grad(loss(cpu_conv._conv_tapwise_grad), (0, 1)))(x, kernel)
+    ref = jax.jit(jax.grad(loss(cpu_conv.xla_conv), (0, 1)))(x, kernel)
     chex.assert_trees_all_close(ours, ref, rtol=1e-4, atol=1e-4)
 
 
 def test_from_config_builds_from_model_keys_and_rejects_unknown_ones():
-    from configs import dirl as dirl_config
+    from jirl.configs import dirl as dirl_config
+
     from jirl.models import from_config
 
     cfg = dirl_config.get_config("quick").model
@@ -435,7 +436,7 @@ def test_bf16_conv_on_cpu_is_bf16_dots_rounded_once(stride, padding, dilation, k
     rng = np.random.default_rng(4)
     x = jnp.asarray(rng.normal(size=(2, 10, 9, 5)), jnp.bfloat16)
     kernel = jnp.asarray(rng.normal(size=(k, k, 5, 6)), jnp.bfloat16)
-    conv = jax.jit(lambda x, w: layers.conv2d(x, w, stride, padding, dilation))
+    conv = jax.jit(lambda x, w: cpu_conv.conv2d(x, w, stride, padding, dilation))
     y = conv(x, kernel)
     exact = torch_like_conv(np.asarray(x, np.float64), np.asarray(kernel, np.float64), stride,
                             padding, dilation)

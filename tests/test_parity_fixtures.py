@@ -16,10 +16,10 @@ import pytest
 
 from jirl import losses
 from jirl.convert import dirl as convert
-from jirl.convert.mapping import assign
 from jirl.models import dirl
 from jirl.models.layers import BatchNorm, Conv2d
 from jirl.models.resnet import ResLayer
+from jirl.runtime.mapping import assign
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 ATOL = 1e-4

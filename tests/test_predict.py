@@ -13,7 +13,7 @@ from PIL import Image, ImageOps
 from jirl import inference, visualize
 from jirl.data import transforms
 from jirl.predict import Predictor, find_photos
-from jirl.training.checkpoints import CheckpointError
+from jirl.runtime.checkpoints import CheckpointError
 
 
 @pytest.fixture(scope="module")
@@ -302,5 +302,6 @@ def test_auto_dtype_is_bfloat16_on_a_cpu_with_bf16_units_and_moves_the_mask_litt
     photo = _photo(48, 72)
     if bf16_units:
         np.testing.assert_allclose(loc(photo), localizer(photo), atol=1e-2, rtol=0)
-    with pytest.raises(ValueError, match="dtype='float16'; use one of"):
-        inference.Localizer.from_checkpoint(dirl[0], dtype="float16")
+    choices = r"\('auto', 'float32', 'bfloat16', 'float16'\)"
+    with pytest.raises(ValueError, match=rf"dtype='float64'; use one of {choices}"):
+        inference.Localizer.from_checkpoint(dirl[0], dtype="float64")

@@ -127,7 +127,7 @@ def test_rain_matches_the_official_layer_with_gradients():
 
 
 def _official_config(**model) -> ml_collections.ConfigDict:
-    from configs import rainnet as rc
+    from jirl.configs import rainnet as rc
 
     c = rc.get_config()
     c.model.update(model)
@@ -217,9 +217,9 @@ def test_one_float64_training_step_matches_the_official():
     on the same batch. Checks every loss term, every parameter's gradient in its phase (sum, sum
     of squares, 6 entries), every parameter's change, and the spectral-norm buffers after the
     four discriminator calls of the step."""
+    from jirl.configs import rainnet as rc
     from test_madisnet import _to_official
 
-    from configs import rainnet as rc
     from jirl.models import resolve_spec
     from jirl.training import steps
     from jirl.training.optim import make_optimizer
@@ -297,7 +297,7 @@ def _flat_buffers(tree: dict) -> dict:
 
 
 def _tiny_config() -> ml_collections.ConfigDict:
-    from configs import rainnet as rc
+    from jirl.configs import rainnet as rc
 
     c = rc.get_config("quick")
     c.model.update(ngf=4, blocks=1, ndf=4, d_strided=2)
@@ -353,6 +353,7 @@ def test_the_eval_step_scores_the_recomposited_harmonization_like_the_official_e
     from test_metrics import official_harmonization_scores
 
     from jirl.models import build_model, init_model_variables
+    from jirl.tasks import COMPOSITE_BASELINE
     from jirl.training import steps
 
     c = _tiny_config()
@@ -363,11 +364,11 @@ def test_the_eval_step_scores_the_recomposited_harmonization_like_the_official_e
     batch = {"image": jnp.asarray(image), "real": jnp.asarray(real), "mask": jnp.asarray(mask),
              "valid": jnp.asarray([True, False])}
     per_image, images = jax.jit(steps.make_eval_step(spec, c, model.apply))(variables, batch)
-    assert set(per_image) == {"harmonized", steps.COMPOSITE_BASELINE} and set(images) == {"harmonized"}
+    assert set(per_image) == {"harmonized", COMPOSITE_BASELINE} and set(images) == {"harmonized"}
     out = np.asarray(images["harmonized"])
     np.testing.assert_array_equal(out[0][mask[0, ..., 0] == 0], (real[0] * 0.5 + 0.5)[mask[0, ..., 0] == 0])
     comp = image * mask + real * (1 - mask)
-    for name, picture in (("harmonized", out[0] * 2 - 1), (steps.COMPOSITE_BASELINE, comp[0])):
+    for name, picture in (("harmonized", out[0] * 2 - 1), (COMPOSITE_BASELINE, comp[0])):
         want = official_harmonization_scores(picture, real[0], mask[0])
         for k, v in want.items():
             np.testing.assert_allclose(per_image[name][k][0], v, rtol=1e-5, err_msg=(name, k))
@@ -384,9 +385,9 @@ def test_convert_cli_writes_a_checkpoint_that_eval_and_init_from_restore(tmp_pat
     it, holding what the parity-tested importers give; a D file in the G slot is refused."""
     torch = pytest.importorskip("torch", reason="the optional extra jirl[torch] is not installed")
     from jirl.convert.__main__ import convert as convert_cli
-    from jirl.convert.torch_io import ConversionError
     from jirl.models import build_model, init_model_variables
-    from jirl.training import checkpoints as ckpt
+    from jirl.runtime import checkpoints as ckpt
+    from jirl.runtime.torch_io import ConversionError
 
     index = json.loads(str(np.load(os.path.join(FIXTURES, "rainnet.npz"))["index"]))
     files = {}
@@ -435,7 +436,7 @@ def test_train_py_runs_the_adversarial_steps_resumes_exactly_on_two_devices_and_
     harmonized PNGs."""
     from jirl_testing import run, subprocess_env
 
-    from jirl.training import checkpoints as ckpt
+    from jirl.runtime import checkpoints as ckpt
 
     env = subprocess_env(2, cache_dir=tmp_path / "xla_cache")
     common = [*TINY_FLAGS, f"--config.data.data_dir={tmp_path / 'data'}"]
@@ -457,7 +458,7 @@ def test_train_py_runs_the_adversarial_steps_resumes_exactly_on_two_devices_and_
     assert best["best_score"] == max(r["test/psnr"] for r in val) == best["val"]["psnr"]
     assert int(best_dir.name) == max(val, key=lambda r: r["test/psnr"])["step"]
     proc = run(["eval.py", *common, "--workdir", str(tmp_path / "eval"), "--checkpoint",
-                str(tmp_path / "a" / "checkpoints" / "4"), "--save_images"], env)
+                str(tmp_path / "a" / "checkpoints" / "4"), "--save_outputs"], env)
     result = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert result["task"] == "harmonization" and result["quantized"] is True
     rows = result["results"]["harmonized"]

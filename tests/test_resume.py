@@ -13,10 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jirl.configs import dirl as dirl_config
 
-from configs import dirl as dirl_config
 from jirl.models import build_model, init_model_variables
-from jirl.training import checkpoints as ckpt
+from jirl.runtime import checkpoints as ckpt
 from jirl.training import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jirl.configs import dirl as dirl_config
+from jirl.configs import rsrnet as rsrnet_config
 
-from configs import dirl as dirl_config
-from configs import rsrnet as rsrnet_config
 from jirl import losses
 from jirl.models import available_models, get_spec, layers, rsrnet
 
@@ -605,7 +605,7 @@ def test_configs_and_registry():
     assert set(shapes["params"]) == {"encoder", "rsr", "decoder", "gate"}
     with pytest.raises(ValueError, match="unknown variant 'fast'"):
         rsrnet_config.get_config("fast")
-    with pytest.raises(ValueError, match="unknown variant 'row2,row3'"):
+    with pytest.raises(ValueError, match="conflicting variants 'row2,row3'"):
         rsrnet_config.get_config("row2,row3")
     assert full.model.guidance == "concat" and full.model.combine == "learned"
 
@@ -646,7 +646,8 @@ def test_table2_rows_are_config_variants(row):
 
 
 def test_per_iteration_masks_are_scored_on_request():
-    from configs import unet as unet_config
+    from jirl.configs import unet as unet_config
+
     from jirl import metrics
     from jirl.training.steps import make_eval_step
 
@@ -673,21 +674,22 @@ def test_per_iteration_masks_are_scored_on_request():
 
 
 def test_paper_recipe_warns_without_imagenet_weights_or_iharmony4():
-    from configs import unet as unet_config
-    from jirl.training import cli
+    from jirl.configs import unet as unet_config
+
+    from jirl.training.recipe import recipe_warnings
 
     full = rsrnet_config.get_config()
-    problems = cli.recipe_warnings(full)
+    problems = recipe_warnings(full)
     assert len(problems) == 2
     assert "paper rsrnet recipe" in problems[0] and "--config.model.backbone_weights=" in problems[0]
     assert "--config.data.source=ihd" in problems[1]
     full.model.backbone_weights = "/weights/resnet34.pth"
-    assert cli.recipe_warnings(full) == [problems[1]]
+    assert recipe_warnings(full) == [problems[1]]
     full.data.source = "ihd"
-    assert cli.recipe_warnings(full) == []
-    assert len(cli.recipe_warnings(unet_config.get_config())) == 2  # the official UNet recipe too
+    assert recipe_warnings(full) == []
+    assert len(recipe_warnings(unet_config.get_config())) == 2  # the official UNet recipe too
     for quick in (rsrnet_config.get_config("quick"), dirl_config.get_config("quick")):
-        assert cli.recipe_warnings(quick) == []
+        assert recipe_warnings(quick) == []
 
 
 @pytest.mark.parametrize("backend,auto", [("cpu", 12), ("gpu", 1), ("tpu", 1)])

@@ -9,10 +9,10 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from jirl.configs import dirl as dirl_config
 
-from configs import dirl as dirl_config
 from jirl.models import get_spec
-from jirl.training import checkpoints as ckpt
+from jirl.runtime import checkpoints as ckpt
 from jirl.training.optim import lr_schedule, make_optimizer
 from jirl.training.state import create_train_state
 from jirl.training.steps import make_train_step
@@ -142,3 +142,19 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
         ckpt.resolve_checkpoint(str(tmp_path / "nope"))
     with pytest.raises(ckpt.CheckpointError, match="no checkpoint found"):
         ckpt.resolve_checkpoint(str(tmp_path))
+
+
+def test_evaluate_checkpoint_refuses_what_it_cannot_write(tmp_path):
+    """Outputs need a folder; a contact sheet shows masks, which a harmonizer has none of; both
+    refused before any checkpoint is read."""
+    from jirl_testing import tiny_rainnet_config
+
+    from jirl.training.evaluate import evaluate_checkpoint
+
+    with pytest.raises(ValueError, match="write into output_dir"):
+        evaluate_checkpoint(tiny_config(), str(tmp_path / "none"), save_outputs=True)
+    with pytest.raises(ValueError, match="rainnet is a harmonization model .save its images"):
+        evaluate_checkpoint(tiny_rainnet_config(), str(tmp_path / "none"), contact_sheet=2,
+                            output_dir=str(tmp_path))
+    with pytest.raises(ckpt.CheckpointError, match="does not exist"):
+        evaluate_checkpoint(tiny_config(), str(tmp_path / "none"))

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from jirl.convert import unet as convert
-from jirl.convert.mapping import assign
-from jirl.convert.torch_io import ConversionError
 from jirl.models import get_spec, unet
+from jirl.runtime.mapping import assign
+from jirl.runtime.torch_io import ConversionError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -132,8 +132,8 @@ def test_objective_is_the_official_bce_plus_iou():
 
 
 def test_registry_and_configs():
-    from configs import dirl as dirl_config
-    from configs import unet as unet_config
+    from jirl.configs import dirl as dirl_config
+    from jirl.configs import unet as unet_config
 
     spec = get_spec("unet")
     assert spec is unet.SPEC and [p.kind for p in spec.pretrained] == ["resnet34"]
@@ -203,12 +203,13 @@ def test_matches_the_official_forward_pass(official_shapes):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), b, rtol=2e-3, atol=1e-5),
                  after, expected)
     # torchvision resnet34 weights (`backbone_weights`) land where the official layers 1-4 do
-    from jirl.convert.backbones import resnet34_variables
+    from jirl.models.resnet import TORCHVISION_RESNET34
+    from jirl.runtime.pretrained import assign_pretrained
 
     official = {**weights, **stats["stored"]}
     resnet = {k.replace(f"downs.d{i}.", f"layer{i + 1}.", 1): v for k, v in official.items()
               for i in range(4) if k.startswith(f"downs.d{i}.")}
-    loaded = resnet34_variables(resnet, target)
+    loaded = assign_pretrained(TORCHVISION_RESNET34, resnet, target)
     for c in ("params", "batch_stats"):
         for i in range(1, 5):
             jax.tree.map(np.testing.assert_array_equal, loaded[c]["encoder"][f"encoder{i}"],
