@@ -97,9 +97,11 @@ from official_rainnet import config_problems as rainnet_config_problems
 from official_rainnet import official_message as rainnet_official_message
 from official_rainnet import size_problem as rainnet_size_problem
 
-config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "jirl's experiment config file[:variant] (a "
-                                "DIRL, MadisNet or RainNet config); override with --config.key=value.",
-                                lock_config=True)
+from jirl.runtime import flags as jflags
+
+jflags.define_config_flag(default=DEFAULT_CONFIG, required=False, help_text=(
+    "jirl's config (a DIRL, MadisNet or RainNet one): a name such as dirl:quick or a file; "
+    "override with --config.key=value."))
 flags.DEFINE_string("official_dirl", None,
                     "Path of your clone of bcmi/DIRL-Inharmonious-Region-Localization (DIRL configs).")
 flags.DEFINE_string("official_madisnet", None, "Path of your clone of "

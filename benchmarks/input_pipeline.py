@@ -21,20 +21,19 @@ import time
 import jax
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from jirl import data as jdata  # noqa: E402
 from jirl.models import build_model, init_model_variables  # noqa: E402
+from jirl.runtime import flags as jflags  # noqa: E402
 from jirl.runtime import mesh as jmesh  # noqa: E402
 from jirl.training.optim import make_optimizer  # noqa: E402
 from jirl.training.state import create_train_state  # noqa: E402
 from jirl.training.steps import make_train_step  # noqa: E402
 
-config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs", "dirl.py"), "Experiment config "
-                                "file[:variant]; override with --config.key=value.")
+jflags.define_config_flag(default=os.path.join(ROOT, "configs", "dirl.py"), required=False)
 flags.DEFINE_list("workers", ["0", "2"], "Grain worker counts to measure (0 = in-process).")
 flags.DEFINE_integer("batches", 20, "Batches timed per worker count (after 2 warm-up batches).")
 flags.DEFINE_integer("step_steps", 3, "Train steps timed (after one compile step); 0 = skip.")

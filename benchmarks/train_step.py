@@ -5,13 +5,12 @@
   python benchmarks/train_step.py --config configs/rsrnet.py --batch 8 --size 224 \\
       --config.model.remat=True --dtypes float32
   python benchmarks/train_step.py --config configs/dirl.py:quick      # the quick variant's setting
-  python benchmarks/train_step.py --model rainnet --batch 8 --size 256 --dtypes float32
-  python benchmarks/train_step.py --model rainnet:quick --batch 2 --size 64 --dtypes float32
+  python benchmarks/train_step.py --config rainnet --batch 8 --size 256 --dtypes float32
+  python benchmarks/train_step.py --config rainnet:quick --batch 2 --size 64 --dtypes float32
 
-The model is the one of `--config FILE[:variant]` (default configs/dirl.py), with
-`--config.key=value` overrides as train.py and eval.py take them; `--model NAME[:variant]` is
-short for `--config configs/NAME.py[:variant]` (given with `--config`, the config must be a NAME
-model). `--batch B` and `--size S` are shorthands for `--config.batch_size=B` and
+The model is the one of `--config NAME[:variant]` or `--config FILE[:variant]` (default
+configs/dirl.py), with `--config.key=value` overrides as `jirl train` takes them. `--batch B` and
+`--size S` are shorthands for `--config.batch_size=B` and
 `--config.data.crop_size=S`; without them the config's values are measured (configs/dirl.py:
 batch 8, 224 px, the official setting; configs/rsrnet.py: batch 32; configs/rainnet.py: batch 11,
 256 px). `--dtypes` sets `config.dtype` per measurement (default float32 and bfloat16, or only the
@@ -39,7 +38,6 @@ import sys
 from absl import app, flags
 from common import (
     DEFAULT_CONFIG,
-    ROOT,
     JirlBench,
     config_argv,
     config_overrides,
@@ -49,10 +47,9 @@ from common import (
 )
 from ml_collections import config_flags
 
-config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Experiment config file[:variant]; "
-                                "override with --config.key=value.", lock_config=True)
-flags.DEFINE_string("model", None, "NAME[:variant]: short for --config configs/NAME.py[:variant]; "
-                    "with --config, the config's model must be NAME.")
+from jirl.runtime import flags as jflags
+
+jflags.define_config_flag(default=DEFAULT_CONFIG, required=False)
 flags.DEFINE_integer("batch", None, "Global batch size (= --config.batch_size; default: the config's).")
 flags.DEFINE_integer("size", None, "Square input size (= --config.data.crop_size; default: the config's).")
 flags.DEFINE_integer("steps", 3, "Timed train steps (after compile and one warm-up step).")
@@ -61,50 +58,6 @@ flags.DEFINE_list("dtypes", None, "Compute dtypes to measure (default: float32,b
                   "--config.dtype override).")
 flags.DEFINE_string("child", "", "Internal: measure this dtype in this process.")
 FLAGS = flags.FLAGS
-
-
-def _flag_value(argv: list[str], name: str) -> tuple[bool, str | None]:
-    """(given, value) of `--name=value` / `--name value` in argv (the last one wins, as in absl)."""
-    given, value = False, None
-    for i, arg in enumerate(argv):
-        if arg == "--":
-            break
-        if arg.startswith(f"--{name}="):
-            given, value = True, arg.split("=", 1)[1]
-        elif arg == f"--{name}":
-            given, value = True, argv[i + 1] if i + 1 < len(argv) else None
-    return given, value
-
-
-def expand_model_flag(argv: list[str]) -> list[str]:
-    """argv with `--config=configs/NAME.py[:variant]` added for `--model NAME[:variant]` when no
-    `--config` is given (config_flags loads the config file while the flags are parsed, so the
-    file must be named before that). An unknown NAME is an error naming the configs there are."""
-    given_model, model = _flag_value(argv, "model")
-    given_config, _ = _flag_value(argv, "config")
-    if not given_model or given_config or not model:
-        return argv
-    name, sep, variant = model.partition(":")
-    configs = os.path.join(ROOT, "configs")
-    path = os.path.join(configs, f"{name}.py")
-    if not name.isidentifier() or not os.path.isfile(path):
-        known = sorted(f[:-3] for f in os.listdir(configs)
-                       if f.endswith(".py") and f not in ("__init__.py", "default.py"))
-        sys.exit(f"train_step: --model={model!r}: there is no configs/{name}.py; known models: "
-                 f"{', '.join(known)}")
-    return [argv[0], f"--config={path}{sep}{variant}", *argv[1:]]
-
-
-def check_model_flag(config) -> None:
-    """--model and --config must name the same model (and the same variant when --model has one)."""
-    if not FLAGS.model:
-        return
-    name, _, variant = FLAGS.model.partition(":")
-    filename = config_flags.get_config_filename(FLAGS["config"])
-    file_variant = filename.rpartition(":")[2] if ":" in os.path.basename(filename) else ""
-    if config.model.name != name or (variant and variant != file_variant):
-        what = f"a {config.model.name!r} config" + (f", variant {file_variant!r}" if file_variant else "")
-        raise app.UsageError(f"--model={FLAGS.model} disagrees with --config={filename} ({what})")
 
 
 def resolved_config():
@@ -146,7 +99,6 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     config = resolved_config()
-    check_model_flag(config)
     if FLAGS.child:
         print(json.dumps(measure(config, FLAGS.child)))
         return 0
@@ -173,4 +125,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, argv=expand_model_flag(sys.argv))
+    app.run(main)
