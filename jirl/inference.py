@@ -187,7 +187,7 @@ class Localizer:
         spec, config = loaded.spec, loaded.config
         if spec.task is not LOCALIZATION:
             raise ValueError(f"{config.model.name} is a {spec.task.name} model, not a localizer: use "
-                             "jirl.Harmonizer (predict.py --harmonizer)")
+                             "jirl.Harmonizer (jirl predict --harmonizer)")
         _check_policy(resize, long_side)
         self.loaded, self.resize, self.long_side = loaded, resize, long_side
         self.augment = transforms.AugmentConfig.from_data_config(config.data)
@@ -336,7 +336,7 @@ class Harmonizer:
         spec = loaded.spec
         if spec.task is not HARMONIZATION:
             raise ValueError(f"{loaded.config.model.name} is a {spec.task.name} model, not a "
-                             "harmonizer: use jirl.Localizer (predict.py --checkpoint)")
+                             "harmonizer: use jirl.Localizer (jirl predict --checkpoint)")
         self.loaded = loaded
         self.augment = transforms.AugmentConfig.from_data_config(loaded.config.data)
         self.std = np.asarray(loaded.config.data.std, np.float32)

@@ -11,7 +11,7 @@ from jirl.configs.default import data_config
 from PIL import Image
 
 from jirl import data
-from jirl.data import composites, pipeline, record_index, splits
+from jirl.data import composites, record_index, sources, splits
 
 NUM_TRAIN, NUM_TEST = 20, 4
 
@@ -26,7 +26,7 @@ def names(source) -> list[str]:
 
 def _forget_caches():
     """Drops the in-memory caches, so that a call recomputes the split from the data."""
-    pipeline._SPLIT_CACHE.clear()
+    sources._SPLIT_CACHE.clear()
     record_index._CACHE.clear()
 
 

@@ -80,7 +80,7 @@ class ModelSpec:
         the params' structure whose leaves name each parameter's group (one optax optimizer per
         group, `config.optimizer.groups.<group>` overriding its settings); the group "frozen"
         gets no update and no optimizer state. None: one optimizer for all.
-    eval_images(outputs) -> {name: [B,H,W,3] image in [0, 1]} that `eval.py --save_masks` writes
+    eval_images(outputs) -> {name: [B,H,W,3] image in [0, 1]} that `jirl eval --save_outputs` writes
         beside the masks without scoring them (MadisNet's mapped image I'); None: none.
     for_config(model_cfg) -> the ModelSpec of this configuration, for systems whose objective,
         masks or pretrained parts depend on it (MadisNet's, on its localizer); None: this one.

@@ -159,7 +159,7 @@ def eval_masks(outputs: dict) -> dict[str, Array]:
 
 
 def eval_images(outputs: dict) -> dict[str, Array]:
-    """The mapped image I', which `eval.py --save_masks` writes as retouched/<example>.png."""
+    """The mapped image I', which `jirl eval --save_outputs` writes as retouched/<example>.png."""
     return {"retouched": outputs["retouched"]}
 
 
