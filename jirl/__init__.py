@@ -1,6 +1,6 @@
 """jirl: inharmonious region localization in JAX/Flax."""
 
-import os
+import os as _os
 
 __version__ = "0.1.0"
 
@@ -16,21 +16,29 @@ XLA_DEFAULT_FLAGS = ("--xla_cpu_enable_concurrency_optimized_scheduler=false",)
 
 
 def _set_xla_flags() -> None:
-    flags = os.environ.get("XLA_FLAGS", "")
+    flags = _os.environ.get("XLA_FLAGS", "")
     for flag in XLA_DEFAULT_FLAGS:
         if flag.split("=")[0] not in flags:
             flags = f"{flags} {flag}".strip()
-    os.environ["XLA_FLAGS"] = flags
+    _os.environ["XLA_FLAGS"] = flags
 
 
 _set_xla_flags()
 
 
+# The public API, imported on first use so that `import jirl` stays light (jirl.inference).
+_LAZY = ("Localizer", "Harmonizer", "binary_mask", "load_checkpoint")
+__all__ = [*_LAZY, "__version__"]
+
+
 def __getattr__(name: str):
-    """`jirl.Localizer` and `jirl.Harmonizer` (jirl.inference), imported on first use so that
-    `import jirl` stays light."""
-    if name in ("Localizer", "Harmonizer"):
+    """`jirl.Localizer`, `jirl.Harmonizer`, `jirl.binary_mask`, `jirl.load_checkpoint`."""
+    if name in _LAZY:
         from jirl import inference
 
         return getattr(inference, name)
     raise AttributeError(f"module 'jirl' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

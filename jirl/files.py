@@ -46,3 +46,10 @@ def write_json(path: str | os.PathLike, payload: Any, indent: int | None = 2) ->
     """Writes `payload` as JSON to `path` atomically."""
     with atomic_write(path) as f:
         json.dump(payload, f, indent=indent)
+
+
+def user_cache_dir(*parts: str) -> str:
+    """jirl's folder under the user's cache, $XDG_CACHE_HOME/jirl (default ~/.cache/jirl), joined
+    with `parts` (not created: the writer creates it)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "jirl", *parts)

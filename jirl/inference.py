@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -33,6 +34,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jirl import cpu as jcpu
+from jirl.convert import official
 from jirl.data import images as jimages
 from jirl.data import transforms
 from jirl.metrics import norm_pred
@@ -44,6 +46,7 @@ from jirl.runtime import mesh as jmesh
 from jirl.tasks import HARMONIZATION, LOCALIZATION
 
 POLICIES = ("train", "native", "long_side")
+DEFAULT_LONG_SIDE = 512  # "long_side" without a size
 SIZE_MULTIPLE = 32  # every localizer's encoder downsamples by 32 (ResNet34 stages, UNet downs)
 THRESHOLD = 0.5  # the official protocol's threshold, after per-image normalization
 
@@ -101,13 +104,19 @@ def inference_dtype(dtype: str | None, trained: str) -> str:
 
 def load_checkpoint(path: str, *, config: ml_collections.ConfigDict | None = None,
                     dtype: str | None = None) -> LoadedModel:
-    """Restores the checkpoint at `path` (a step directory, a checkpoint directory or a train.py
-    workdir, whose best checkpoint is preferred) on every local device.
+    """Restores the checkpoint at `path` on every local device: a step directory, a checkpoint
+    directory, a `jirl train` workdir (its best checkpoint is preferred), or the released PyTorch
+    files of a system (one `.pth`, several comma-separated, or their folder: converted once into
+    a cache, `jirl.convert.official.official_weights`).
 
-    The model and its config come from the checkpoint's meta, which train.py and
-    `python -m jirl.convert` write; `config` replaces it for a checkpoint without one. `dtype`
+    The model and its config come from the checkpoint's meta, which `jirl train` and
+    `jirl convert` write; `config` replaces it for a checkpoint without one, and for released
+    files is the config they are converted with (default: the system's official one). `dtype`
     overrides the compute dtype it was trained with (`inference_dtype`).
     """
+    converted = official.official_weights(path, config)
+    if converted is not None:  # released .pth files: converted (once) with `config`, stored in it
+        path, config = converted, None
     step_dir = ckpt.resolve_checkpoint(path)
     meta = ckpt.read_meta(step_dir)
     if config is None:
@@ -175,12 +184,19 @@ def _check_policy(resize: str, long_side: int | None) -> None:
 
 
 class Localizer:
-    """A localizer checkpoint as a function: photo -> float32 probability mask [H, W] of the
-    inharmonious region, at the photo's own size (see the module doc for `resize`).
+    """A localizer checkpoint as a function: photo -> float32 probability mask [H, W] in [0, 1]
+    of the inharmonious region, at the photo's own size (see the module doc for `resize`).
 
-        loc = jirl.Localizer.from_checkpoint("runs/dirl_quick")
+        loc = jirl.Localizer.from_checkpoint("runs/dirl_quick")   # or released .pth files
         mask = loc("photo.jpg")              # also a PIL image or an [H, W, 3] array
         masks = loc([a, b, c])               # same-size photos, one batch: [3, H, W]
+        region = jirl.binary_mask(mask)      # the official protocol's bool [H, W]
+
+    Arrays are height x width x channels in RGB order (not CHW, not BGR): uint8 [0, 255], uint16,
+    or floats in [0, 1] (`jirl.data.images.as_rgb`). libcom users: libcom's
+    `InharmoniousLocalizationModel` reads BGR files with OpenCV and returns a 256 x 256 uint8 mask;
+    given the same photo as a path (or `cv2.imread(p)[..., ::-1]`), this returns float
+    probabilities at the photo's size, which `resize="train"` computes at 256 x 256 as libcom does.
     """
 
     def __init__(self, loaded: LoadedModel, *, resize: str = "train", long_side: int | None = None):
@@ -286,8 +302,8 @@ class Localizer:
                 for i, (plan, _) in enumerate(prepared)]
 
     def __call__(self, image) -> np.ndarray:
-        """A photo (path, PIL image, array) -> float32 [H, W]; a list of same-size photos ->
-        [N, H, W]."""
+        """A photo (path, PIL image, [H, W, 3] RGB array) -> float32 probabilities [H, W] in
+        [0, 1]; a list of same-size photos -> [N, H, W]."""
         if isinstance(image, list | tuple):
             photos = [jimages.as_rgb(i) for i in image]
             if len({p.shape for p in photos}) > 1:
@@ -298,8 +314,8 @@ class Localizer:
 
 
 def binary_mask(probability: np.ndarray, normalize: bool = True) -> np.ndarray:
-    """The official protocol's binary mask: per-image min-max normalization (`normalize`), then
-    > 0.5."""
+    """The official protocol's binary mask of a [H, W] probability map in [0, 1] (a `Localizer`'s
+    output): per-image min-max normalization (`normalize`), then > 0.5; bool [H, W]."""
     p = np.asarray(probability, np.float32)
     if normalize:
         p = np.asarray(norm_pred(p[None]))[0]
@@ -311,7 +327,10 @@ def as_mask(mask, size: tuple[int, int]) -> np.ndarray:
     photo's `size`: files are binarized at half range and resized nearest when their size
     differs; arrays must already have the photo's size."""
     if isinstance(mask, str) or hasattr(mask, "__fspath__"):
-        return jimages.load_mask(mask, size=size).array[..., 0] > 0
+        try:
+            return jimages.load_mask(mask, size=size).array[..., 0] > 0
+        except jimages.BadImageError as e:
+            raise type(e)(f"{os.fspath(mask)}: {e}") from e
     if hasattr(mask, "mode"):  # a PIL image
         mask = np.asarray(mask.convert("L"))
     m = np.asarray(mask)
@@ -325,7 +344,10 @@ def as_mask(mask, size: tuple[int, int]) -> np.ndarray:
 
 
 class Harmonizer:
-    """A harmonizer checkpoint (RainNet) as a function: (photo, mask) -> uint8 [H, W, 3].
+    """A harmonizer checkpoint (RainNet) as a function: (photo, mask) -> uint8 [H, W, 3] RGB.
+
+    The photo as for `Localizer` (a path, a PIL image, an [H, W, 3] RGB array); the mask a path, a
+    PIL image, or a bool / uint8 / float [0, 1] array of the photo's size ([H, W]; `as_mask`).
 
     The region is re-rendered at the size the harmonizer was trained at, and the correction
     (harmonized - input, at that size) is resized bilinearly to the photo and added inside the

@@ -23,20 +23,44 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
+from absl import app, flags
 from etils import epath
 from tqdm import tqdm
 
+from jirl import files as jfiles
 from jirl import visualize
 from jirl.data import images as jimages
-from jirl.inference import Harmonizer, Localizer, as_mask, binary_mask
+from jirl.inference import DEFAULT_LONG_SIDE, POLICIES, Harmonizer, Localizer, as_mask, binary_mask
 
 JSONL = "predictions.jsonl"
 
 
+def define_resize_flags(default: str = "train") -> None:
+    """--resize train|native|long_side and --long_side N: the resolution policy of predict and
+    the demo (`jirl.inference`)."""
+    flags.DEFINE_enum("resize", default, list(POLICIES), "Resolution policy: train (the model's "
+                      "training size), native (the photo's own) or long_side (--long_side N).")
+    flags.DEFINE_integer("long_side", None, "With --resize long_side (implied when given alone): "
+                         f"the longer side the photo runs at, in pixels (default {DEFAULT_LONG_SIDE}).",
+                         lower_bound=1)
+
+
+def resize_policy() -> tuple[str, int | None]:
+    """(policy, long side) from --resize / --long_side: --long_side alone means long_side, which
+    without a size runs at DEFAULT_LONG_SIDE; a size with another policy is a usage error."""
+    resize, long_side = flags.FLAGS.resize, flags.FLAGS.long_side
+    if long_side is not None and not flags.FLAGS["resize"].present:
+        resize = "long_side"
+    if resize != "long_side":
+        if long_side is not None:
+            raise app.UsageError(f"--long_side goes with --resize long_side, not --resize {resize}")
+        return resize, None
+    return resize, long_side or DEFAULT_LONG_SIDE
+
+
 def default_compile_cache() -> str:
-    """Where predict.py keeps its compiled programs: $XDG_CACHE_HOME/jirl/xla (~/.cache/...)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "jirl", "xla")
+    """Where predict keeps its compiled programs: $XDG_CACHE_HOME/jirl/xla (~/.cache/...)."""
+    return jfiles.user_cache_dir("xla")
 
 
 def enable_compile_cache(path: str) -> None:

@@ -110,6 +110,18 @@ def test_eval_of_a_checkpoint_alone_uses_its_stored_config_and_writes_beside_it(
     assert os.path.getmtime(root / "run" / "eval.json") > stamp
     assert beside["results"] == result["results"]
     assert f"results: {root / 'run' / 'eval.json'}" in proc.stdout
+    # the shorthands reach the stored config: another batch, the raw probabilities
+    proc = _jirl("eval", "--checkpoint", str(step), "--output", str(tmp_path / "raw"),
+                 "--batch_size", "2", "--nonormalize", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    raw = json.loads((tmp_path / "raw" / "eval.json").read_text())
+    assert raw["normalized"] is False and raw["results"]["mask"]["all"]["count"] == 8
+
+
+def test_a_shorthand_that_contradicts_its_config_override_is_refused(tmp_path):
+    proc = _jirl("train", "--config", "dirl:quick", "--batch_size", "4", "--config.batch_size=8",
+                 cwd=tmp_path)
+    assert proc.returncode != 0 and "--batch_size=4 contradicts --config.batch_size=8" in proc.stderr
 
 
 def test_eval_needs_a_checkpoint_or_a_config(tmp_path):

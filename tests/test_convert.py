@@ -204,7 +204,7 @@ def test_convert_cli_writes_a_checkpoint_eval_accepts(torch, tmp_path):
     out = str(tmp_path / "converted")
     proc = subprocess.run([sys.executable, "-m", "jirl.convert", "dirl", "--encoder",
                            str(tmp_path / "enc.pth"), "--decoder", str(tmp_path / "dec.pth"),
-                           "--out", out, "--config", cfg], cwd=ROOT, capture_output=True,
+                           "--output", out, "--config", cfg], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     from jirl.runtime.checkpoints import restore_model
@@ -213,7 +213,7 @@ def test_convert_cli_writes_a_checkpoint_eval_accepts(torch, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, restored, variables)
     proc = subprocess.run([sys.executable, "-m", "jirl.convert", "dirl", "--encoder",
                            str(tmp_path / "dec.pth"), "--decoder", str(tmp_path / "enc.pth"),
-                           "--out", str(tmp_path / "swapped"), "--config", cfg], cwd=ROOT,
+                           "--output", str(tmp_path / "swapped"), "--config", cfg], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "swap --encoder and --decoder" in proc.stderr
 

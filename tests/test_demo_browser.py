@@ -105,6 +105,8 @@ def test_upload_shows_the_mask_at_the_photos_aspect_and_bad_files_an_error(chrom
         assert page.status().startswith("dirl on 384×384"), page.status()
         assert page.image_size("jirl-out-mask") == (384, 384)
         assert server.process.poll() is None
-        assert f"http://127.0.0.1:{server.port}" in server.output()  # loopback by default
+        log = server.output()
+        assert f"the demo page: http://127.0.0.1:{server.port}" in log  # loopback by default
+        assert "share=True" not in log  # Gradio's hint for a flag jirl does not have
     assert os.path.getsize(shot) > 10_000
     print(f"screenshot: {shot}")

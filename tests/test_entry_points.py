@@ -116,6 +116,8 @@ def test_convert_on_several_devices(trained, official_files, devices, tmp_path):
                 str(files / "dec.pth"), "--out", str(out), "--config", "configs/dirl.py",
                 *[f for f in TINY if f.startswith("--config.model.")]], env(devices))
     assert "wrote" in proc.stdout
+    # --out, the old name of --output, still works for a release and says so
+    assert "--out is deprecated and goes in the next release; use --output=..." in proc.stderr
     from jirl.runtime import checkpoints as ckpt
 
     step_dir = ckpt.resolve_checkpoint(str(out))

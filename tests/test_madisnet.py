@@ -418,14 +418,14 @@ def _localizer_matches_libcom(checkpoint: str, tmp_path) -> None:
     chex.assert_shape(loc(str(tmp_path / "photo.png")), (180, 300))
 
 
-def test_convert_cli_reads_libcom_files_into_a_checkpoint_eval_accepts(tmp_path):
+def test_convert_cli_reads_libcom_files_into_a_checkpoint_eval_accepts(tmp_path, monkeypatch):
     """libcom's `Inharmonious_G.pth` + `IHDRNet.pth` ({'state_dict': ...}, torch.save) ->
     `python -m jirl.convert madisnet` -> the checkpoint restores and gives the official masks,
     and `jirl.Localizer` on it reproduces libcom's `InharmoniousLocalizationModel` on a photo."""
     torch = pytest.importorskip("torch", reason="the optional extra jirl[torch] is not installed")
     from jirl.configs import madisnet as madisnet_config
 
-    from jirl.convert.__main__ import convert as convert_cli
+    from jirl.convert.official import convert as convert_cli
     from jirl.runtime import checkpoints as ckpt
 
     with np.load(os.path.join(FIXTURES, "madisnet.npz")) as f:
@@ -449,6 +449,18 @@ def test_convert_cli_reads_libcom_files_into_a_checkpoint_eval_accepts(tmp_path)
     # jirl.Localizer on that checkpoint (model and config from its meta, resize="train") is
     # libcom's InharmoniousLocalizationModel on a 180 x 300 photo (tests/fixtures/README.md)
     _localizer_matches_libcom(out, tmp_path)
+    # the two files given as they are (the folder holding them), as `jirl predict --checkpoint`
+    # takes them: recognised as MadisNet(DIRL), converted with the official config (E_dom left
+    # out, as no file gives it) into the cache, the same weights
+    from jirl.convert import official
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    said = []
+    step = official.official_weights(str(tmp_path), announce=said.append)
+    assert said[0].startswith("converted the official MadisNet files IHDRNet.pth, Inharmonious_G.pth")
+    stored = ckpt.read_meta(step)["config"]
+    assert stored["recipe"] == "official" and stored["model"]["domain_encoder"] is False
+    chex.assert_trees_all_equal(ckpt.restore_model(step, target, model_cfg=c.model), variables)
     # a MadisNet(UNet) g file under the DIRL config: one clear message
     with pytest.raises(ConversionError, match="not in DIRLNet's encoder or decoder.*madisnet.py:unet"):
         convert.localizer_variables({"in_conv.0.weight": np.zeros(1)}, {}, "dirl")

@@ -263,6 +263,7 @@ def test_predict_py_runs_from_the_checkpoint_alone_and_reports_bad_arguments(dir
                 "--dtype", "float32"],
                {**subprocess_env(devices=2), "XDG_CACHE_HOME": str(tmp_path / "cache")})
     assert os.listdir(tmp_path / "cache" / "jirl" / "xla")  # the compiled programs, kept
+    assert "--no_normalize is deprecated and goes in the next release; use --nonormalize" in proc.stderr
     assert "3 photos written, 1 unreadable skipped" in proc.stdout and "compilations" in proc.stdout
     lines = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
     assert {r["name"] for r in lines} == {"wide", "grey", "rotated"}
@@ -285,9 +286,14 @@ def test_predict_py_runs_from_the_checkpoint_alone_and_reports_bad_arguments(dir
     np.testing.assert_array_equal(harmonized[mask == 0], original[mask == 0])
     for args, message in [(["--checkpoint", dirl[0], "--input", str(tmp_path / "nothing")], "no such file"),
                           (["--checkpoint", str(tmp_path), "--input", str(photos)], "no checkpoint found"),
-                          (["--input", str(photos)], "give a localizer checkpoint")]:
+                          (["--input", str(photos)], "give a localizer checkpoint"),
+                          (["--checkpoint", str(tmp_path / "nope.pth"), "--input", str(photos)],
+                           f"weights file {tmp_path / 'nope.pth'} does not exist")]:
         proc = run(["predict.py", *args, "--output", str(tmp_path / "x")], env, check=False)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    proc = run(["predict.py", "--checkpoint", dirl[0], "--input", str(photos), "--resize", "native",
+                "--long_side", "64"], env, check=False)  # a usage error: absl's status 1
+    assert proc.returncode == 1 and "--long_side goes with --resize long_side" in proc.stderr
 
 
 @pytest.mark.parametrize("bf16_units", [True, False])

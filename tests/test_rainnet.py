@@ -384,7 +384,7 @@ def test_convert_cli_writes_a_checkpoint_that_eval_and_init_from_restore(tmp_pat
     conversion (torch.save files of the official keys) restores as eval.py / init_from restore
     it, holding what the parity-tested importers give; a D file in the G slot is refused."""
     torch = pytest.importorskip("torch", reason="the optional extra jirl[torch] is not installed")
-    from jirl.convert.__main__ import convert as convert_cli
+    from jirl.convert.official import convert as convert_cli
     from jirl.models import build_model, init_model_variables
     from jirl.runtime import checkpoints as ckpt
     from jirl.runtime.torch_io import ConversionError

@@ -119,7 +119,7 @@ def test_train_eval_predict_and_convert_run_from_outside_the_checkout(installed,
     encoder, decoder = official_dirl_files(stored_variables(run / "checkpoints" / "2"), tmp_path)
     # configs/dirl.py is no file here: the name of the config jirl ships
     proc = _jirl(installed, "convert", "dirl", "--encoder", str(encoder), "--decoder", str(decoder),
-                 "--out", str(tmp_path / "converted"), "--config", "configs/dirl.py", *TINY)
+                 "--output", str(tmp_path / "converted"), "--config", "configs/dirl.py", *TINY)
     assert "wrote" in proc.stdout
     _jirl(installed, "eval", "--checkpoint", str(tmp_path / "converted"), "--config", "dirl:quick",
           *TINY, *DATA, *data, "--output", str(tmp_path / "converted_eval"))

@@ -18,6 +18,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from jirl import ablation
+from jirl.models import DTYPES
 from jirl.runtime import configs, distributed
 from jirl.runtime import flags as jflags
 from jirl.runtime.checkpoints import CheckpointError
@@ -30,9 +31,17 @@ def define_flags() -> None:
         "The config whose variants are compared, with the base variant: rsrnet:quick, "
         "rainnet:quick, or a file (FILE[:variant]); --config.key=value overrides every variant."))
     flags.DEFINE_list("variants", [], "The variants to compare (default: the config's ROWS).")
+    jflags.define_dtype_flag(DTYPES, None, "Compute dtype of every variant (= config.dtype).")
+    jflags.define_batch_size_flag("Global batch of every variant (= config.batch_size).")
     flags.DEFINE_string("workdir", None, "Where each variant trains (<workdir>/<variant>) and the "
                         "tables go. Default: runs/<config>_ablation.")
     distributed.define_flags()
+
+
+def overrides() -> dict:
+    """The --config.key=value overrides and the --dtype / --batch_size shorthands, for every arm."""
+    return {**config_flags.get_override_values(FLAGS["config"]),
+            **jflags.shorthand_values({"dtype": "dtype", "batch_size": "batch_size"})}
 
 
 def main(argv: list[str]) -> None:
@@ -43,7 +52,7 @@ def main(argv: list[str]) -> None:
     try:
         results = ablation.run_ablation(
             argument, FLAGS.variants, workdir=workdir,
-            overrides=config_flags.get_override_values(FLAGS["config"]))
+            overrides=overrides())
     except (CheckpointError, ValueError) as e:
         sys.exit(f"ablation: {e}")
     if jax.process_index() != 0:

@@ -18,16 +18,19 @@ import os
 import sys
 
 import jax
-from absl import app, flags
+from absl import app, flags, logging
 
 from jirl import files
+from jirl.models import DTYPES as COMPUTE_DTYPES
 from jirl.runtime import checkpoints as ckpt
 from jirl.runtime import distributed
 from jirl.runtime import flags as jflags
 from jirl.training.evaluate import evaluate_checkpoint, format_table
+from jirl.training.recipe import data_warnings
 
 FLAGS = flags.FLAGS
 RESULTS = "eval.json"
+SHORTHANDS = {"dtype": "dtype", "batch_size": "eval.batch_size", "normalize": "eval.normalize"}
 
 
 def define_flags() -> None:
@@ -44,6 +47,11 @@ def define_flags() -> None:
     flags.DEFINE_string("split", None, "Split to score (default: config.eval.split).")
     flags.DEFINE_bool("save_outputs", False, "Also write the model's outputs per example: a "
                       "localizer's masks (masks/<name>/), a harmonizer's images (images/<name>/).")
+    jflags.define_dtype_flag(COMPUTE_DTYPES, None, "Compute dtype (= config.dtype; default: the "
+                             "config's).")
+    jflags.define_batch_size_flag("Examples per eval step, over all devices (= config.eval."
+                                  "batch_size; default: the config's).")
+    jflags.define_normalize_flag(default=None)
     flags.DEFINE_integer("contact_sheet", 0, "Also write contact_sheet.png: the first N examples "
                          "of the split whose region's centre lies >= 0.25 image sides from the "
                          "image centre (composite | ground truth | prediction); one process.")
@@ -60,6 +68,7 @@ def _config_checkpoint_output() -> tuple:
     else:
         checkpoint = FLAGS.checkpoint
         config = ckpt.stored_config(ckpt.resolve_checkpoint(checkpoint))
+    jflags.apply_to_config(config, SHORTHANDS)
     output = FLAGS.output or FLAGS.workdir
     if output is None:
         output = (ckpt.checkpoint_workdir(ckpt.resolve_checkpoint(checkpoint)) if FLAGS.checkpoint
@@ -71,6 +80,8 @@ def main(argv: list[str]) -> None:
     jflags.begin(argv, join_processes=True)
     try:
         config, checkpoint, output = _config_checkpoint_output()
+        for problem in data_warnings(config):
+            logging.warning("eval: %s", problem)
         payload = evaluate_checkpoint(config, checkpoint, split=FLAGS.split, output_dir=output,
                                       save_outputs=FLAGS.save_outputs,
                                       contact_sheet=FLAGS.contact_sheet)

@@ -7,11 +7,12 @@
 
 --input: an image, a folder (recursive) or a quoted glob. Per photo, under --output:
 <name>_mask.png (8-bit probability), <name>_mask_bin.png (after the official per-image
-normalization, threshold 0.5; --no_normalize: raw probabilities), <name>_overlay.jpg, with
+normalization, threshold 0.5; --nonormalize: raw probabilities), <name>_overlay.jpg, with
 --harmonizer <name>_harmonized.jpg, and a line of predictions.jsonl. The model and its config come
-from the checkpoint (a jirl workdir, checkpoint directory, or `python -m jirl.convert` output).
---resize train (default: the model's training size, as the official evaluation and libcom),
-native (the photo's own size, padded to a bucket) or --long_side N. See jirl/inference.py.
+from the checkpoint (a jirl workdir, checkpoint directory, `jirl convert` output, or the released
+.pth files themselves, converted once into a cache). --resize train (default: the model's
+training size, as the official evaluation and libcom), native (the photo's own size, padded to a
+bucket) or long_side (--long_side N). See jirl/inference.py.
 """
 
 from __future__ import annotations
@@ -23,8 +24,15 @@ import jax
 from absl import app, flags
 
 from jirl.data.images import BadImageError
-from jirl.inference import DTYPES, POLICIES, Harmonizer, Localizer
-from jirl.predict import Predictor, default_compile_cache, enable_compile_cache, find_photos
+from jirl.inference import DTYPES, Harmonizer, Localizer
+from jirl.predict import (
+    Predictor,
+    default_compile_cache,
+    define_resize_flags,
+    enable_compile_cache,
+    find_photos,
+    resize_policy,
+)
 from jirl.runtime import flags as jflags
 from jirl.runtime.checkpoints import CheckpointError
 
@@ -32,54 +40,50 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    flags.DEFINE_string("checkpoint", None, "Localizer checkpoint (workdir, checkpoint or step "
-                        "directory; a workdir's best checkpoint is preferred).")
+    flags.DEFINE_string("checkpoint", None, "Localizer checkpoint: a jirl workdir (its best "
+                        "checkpoint), checkpoint or step directory, or the released .pth files "
+                        "(G.pth,IHDRNet.pth comma-separated, or their folder), converted once.")
     flags.DEFINE_string("input", None, "An image, a folder (searched recursively) or a glob.")
     flags.DEFINE_string("output", "predictions", "Output directory (created).")
-    flags.DEFINE_enum("resize", "train", [p for p in POLICIES if p != "long_side"],
-                      "Resolution policy: train | native (or --long_side N).")
-    flags.DEFINE_integer("long_side", None, "Run at this longer side (keeping the aspect ratio), "
-                         "then resize the mask back to the photo.")
-    flags.DEFINE_bool("no_normalize", False, "Threshold the raw probabilities for the binary mask "
-                      "(default: after the official per-image min-max normalization).")
-    flags.DEFINE_string("harmonizer", None, "Harmonizer checkpoint (RainNet): also write "
-                        "<name>_harmonized.jpg of the detected (or --mask) region.")
+    define_resize_flags()
+    jflags.define_normalize_flag()
+    jflags.define_deprecated("no_normalize", "normalize", negated=True)
+    flags.DEFINE_string("harmonizer", None, "Harmonizer checkpoint (RainNet; or its net_G .pth): "
+                        "also write <name>_harmonized.jpg of the detected (or --mask) region.")
     flags.DEFINE_string("mask", None, "Your own mask instead of a localizer: a file, or a folder "
                         "with a mask per photo (same relative name); needs --harmonizer.")
     flags.DEFINE_bool("overwrite", False, "Replace existing outputs (default: leave those photos).")
-    flags.DEFINE_integer("batch_size", None, "Photos per model call (default: the number of local "
-                         "devices, so that every device works).")
+    jflags.define_batch_size_flag("Photos per model call (default: the number of local devices, "
+                                  "so that every device works).")
     flags.DEFINE_enum("image_format", "jpg", ["jpg", "png"], "Format of the overlay and the "
                       "harmonized image (png: lossless, the background byte-identical).")
-    flags.DEFINE_enum("dtype", "auto", list(DTYPES), "The localizer's compute "
-                      "dtype; auto: bfloat16 on a CPU with bf16 units (AVX512-BF16 / AMX), else the "
-                      "checkpoint's. The harmonizer runs at the checkpoint's unless a dtype is named.")
+    jflags.define_dtype_flag(DTYPES, "auto", "The localizer's compute dtype; auto: bfloat16 on a "
+                             "CPU with bf16 units (AVX512-BF16 / AMX), else the checkpoint's. The "
+                             "harmonizer runs at the checkpoint's unless a dtype is named.")
     flags.DEFINE_string("compile_cache", default_compile_cache(), "Directory that keeps the compiled "
                         "programs for the next run (jax's persistent cache); '' turns it off.")
     jflags.define_config_flag(required=False, lock_config=False, help_text=(
-        "Only for a checkpoint without a config in its meta: the config it was trained with."))
+        "The localizer's config, for a checkpoint without one in its meta, or to convert released "
+        ".pth files with other settings than the official ones (a name or a file)."))
 
 
 def main(argv) -> int:
     jflags.begin(argv)
     if not FLAGS.input:
         raise app.UsageError("--input is required")
-    resize = "long_side" if FLAGS.long_side is not None else FLAGS.resize
-    if FLAGS.long_side is not None and FLAGS["resize"].present:
-        raise app.UsageError("--long_side and --resize exclude each other")
+    resize, long_side = resize_policy()
     try:
         if FLAGS.compile_cache:
             enable_compile_cache(FLAGS.compile_cache)
         photos = find_photos(FLAGS.input, exclude=FLAGS.output)
-        localizer = (Localizer.from_checkpoint(FLAGS.checkpoint, resize=resize,
-                                               long_side=FLAGS.long_side, config=FLAGS.config,
-                                               dtype=FLAGS.dtype)
+        localizer = (Localizer.from_checkpoint(FLAGS.checkpoint, resize=resize, long_side=long_side,
+                                               config=FLAGS.config, dtype=FLAGS.dtype)
                      if FLAGS.checkpoint else None)
         harmonizer_dtype = None if FLAGS.dtype == "auto" else FLAGS.dtype
         harmonizer = (Harmonizer.from_checkpoint(FLAGS.harmonizer, dtype=harmonizer_dtype)
                       if FLAGS.harmonizer else None)
         predictor = Predictor(FLAGS.output, localizer=localizer, harmonizer=harmonizer,
-                              mask_spec=FLAGS.mask, normalize=not FLAGS.no_normalize,
+                              mask_spec=FLAGS.mask, normalize=FLAGS.normalize,
                               overwrite=FLAGS.overwrite, image_format=FLAGS.image_format,
                               batch_size=FLAGS.batch_size or jax.local_device_count())
     except (OSError, CheckpointError, ValueError, BadImageError) as e:
@@ -89,7 +93,6 @@ def main(argv) -> int:
     print(summary.line())
     print(f"outputs: {os.path.abspath(FLAGS.output)}")
     return 0
-
 
 
 def run(argv: list[str] | None = None) -> None:

@@ -13,6 +13,7 @@ import sys
 
 from absl import flags, logging
 
+from jirl.models import DTYPES
 from jirl.runtime import distributed
 from jirl.runtime import flags as jflags
 from jirl.runtime.checkpoints import CheckpointError
@@ -23,20 +24,29 @@ from jirl.training.recipe import recipe_warnings
 FLAGS = flags.FLAGS
 
 
+SHORTHANDS = {"dtype": "dtype", "batch_size": "batch_size"}
+
+
 def define_flags() -> None:
     jflags.define_flags()
+    jflags.define_dtype_flag(DTYPES, None, "Compute dtype (= config.dtype; default: the config's).")
+    jflags.define_batch_size_flag("Global batch, split over all devices (= config.batch_size; "
+                                  "default: the config's).")
     distributed.define_flags()
 
 
 def main(argv: list[str]) -> None:
     jflags.begin(argv, join_processes=True)
+    jflags.apply_to_config(FLAGS.config, SHORTHANDS)
     workdir = jflags.workdir()
     logging.info("workdir: %s", workdir)
     for problem in recipe_warnings(FLAGS.config):
         logging.warning("train: %s", problem)
     try:
         results = train_and_evaluate(FLAGS.config, workdir)
-    except (CheckpointError, ConversionError) as e:  # an unusable checkpoint or ImageNet file
+    except (CheckpointError, ConversionError, ValueError) as e:  # a checkpoint, file or data to fix
+        if FLAGS["verbosity"].present:  # --verbosity: the traceback too
+            raise
         sys.exit(f"train: {e}")
     print(log_summary(results))
 

@@ -11,7 +11,7 @@ from jirl.data.ihd import IHarmony4, IHDConfig, ihd_builder
 from jirl.data.images import BadImageError, LoadedImage, load_mask, load_rgb
 from jirl.data.pipeline import eval_batches, num_eval_batches, steps_per_epoch, train_batches
 from jirl.data.schema import SPLITS, VALID_SOURCES, resolve_data_dir, validate_data_config
-from jirl.data.sources import load_source
+from jirl.data.sources import load_source, missing_real_images
 from jirl.data.splits import IndexView, ValidationSplit, carve_validation
 from jirl.data.tfds_synthetic import SyntheticComposites, SyntheticConfig, synthetic_builder
 
@@ -35,6 +35,7 @@ __all__ = [
     "load_mask",
     "load_rgb",
     "load_source",
+    "missing_real_images",
     "num_eval_batches",
     "resolve_data_dir",
     "steps_per_epoch",

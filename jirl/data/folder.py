@@ -155,6 +155,11 @@ class FolderSource(Sequence):
             name=entry.name,
         )
 
+    @property
+    def without_real(self) -> list[str]:
+        """The examples that have no real image (the composite stands in for it)."""
+        return [entry.name for entry in self._entries if entry.real is None]
+
     def record_keys(self) -> list[tuple[str, str]]:
         """(subset, name) of every example, in order (no decoding)."""
         return [(self.subset, entry.name) for entry in self._entries]

@@ -176,11 +176,16 @@ def as_rgb(image) -> np.ndarray:
     """A photo given as a path, a PIL image or an array, as uint8 [H, W, 3] (inference's input).
 
     Paths and PIL images follow ``load_rgb``'s rules (EXIF orientation, grey/RGBA/palette/16-bit
-    converted). Arrays: uint8 or uint16 (scaled to 8 bits), or floats in [0, 1]; [H, W] grey,
-    [H, W, 1|3|4] (alpha dropped). Anything else raises BadImageError naming what it got.
+    converted). Arrays are height x width x channels (HWC, not CHW), channels in RGB order (an
+    OpenCV ``cv2.imread`` array is BGR: reverse it, ``img[..., ::-1]``): uint8, uint16 (scaled to
+    8 bits) or floats in [0, 1]; [H, W] grey, [H, W, 1|3|4] (alpha dropped). Anything else raises
+    BadImageError naming what it got; a file's error names the file.
     """
     if isinstance(image, str | os.PathLike | epath.Path):
-        return load_rgb(image).array
+        try:
+            return load_rgb(image).array
+        except BadImageError as e:
+            raise type(e)(f"{os.fspath(image)}: {e}") from e
     if isinstance(image, Image.Image):
         if _orientation(image) in range(2, 9):
             image = ImageOps.exif_transpose(image)

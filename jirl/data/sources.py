@@ -111,3 +111,25 @@ def load_source(data_cfg, split: str) -> Sequence[dict]:
             + " data.validation_fraction (0 disables 'val') or add data."
         )
     return IndexView(base.source, indices, name=split)
+
+
+def missing_real_images(data_cfg, split: str) -> str | None:
+    """What is missing when examples of `split` have no real image (an own folder without
+    real_images/ or name_real.jpg: the composite stands in for it), else None. The prepared
+    TFDS data always has real images."""
+    validate_data_config(data_cfg)
+    if data_cfg["source"] != "folder":
+        return None
+    from jirl.data.folder import folder_source
+
+    directory = data_cfg["folder"]["test" if split == "test" else "train"]
+    if not directory:
+        return None
+    source = folder_source(directory)
+    missing = source.without_real
+    if not missing:
+        return None
+    where = ("real_images/<a>.jpg beside composite_images/ (iHarmony4 naming)" if source.layout == "ihd"
+             else "name_real.jpg beside name.jpg")
+    return (f"{len(missing)} of {len(source)} examples in {source.directory} have no real image "
+            f"(e.g. {missing[0]}; expected {where})")

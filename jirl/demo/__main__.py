@@ -17,8 +17,8 @@ from absl import flags
 
 from jirl.data.images import BadImageError
 from jirl.demo import core
-from jirl.inference import DTYPES, POLICIES, Harmonizer, Localizer
-from jirl.predict import default_compile_cache, enable_compile_cache
+from jirl.inference import DTYPES, Harmonizer, Localizer
+from jirl.predict import default_compile_cache, define_resize_flags, enable_compile_cache, resize_policy
 from jirl.runtime import flags as jflags
 from jirl.runtime.checkpoints import CheckpointError
 
@@ -33,10 +33,8 @@ def define_flags() -> None:
     flags.DEFINE_string("host", "127.0.0.1", "Address to listen on: 127.0.0.1 (default) is this "
                         "machine only; 0.0.0.0 every network interface.")
     flags.DEFINE_integer("port", 7860, "Port to listen on.")
-    flags.DEFINE_enum("resize", "train", list(POLICIES), "The page's initial resolution policy.")
-    flags.DEFINE_integer("long_side", core.DEFAULT_LONG_SIDE, "The page's initial long side (pixels) "
-                         "for --resize long_side.")
-    flags.DEFINE_enum("dtype", "auto", list(DTYPES), "The localizer's compute dtype (as predict.py).")
+    define_resize_flags()  # the page's initial policy
+    jflags.define_dtype_flag(DTYPES, "auto", "The localizer's compute dtype (as jirl predict's).")
     flags.DEFINE_integer("max_pixels", core.MAX_PIXELS, "Largest photo accepted (pixels).")
     flags.DEFINE_integer("max_run_pixels", core.MAX_RUN_PIXELS, "Largest size (pixels, padding "
                          "included) the native / long_side policies may run the model at.")
@@ -55,9 +53,9 @@ def main(argv) -> int:
     try:
         if FLAGS.compile_cache:
             enable_compile_cache(FLAGS.compile_cache)
-        localizer = Localizer.from_checkpoint(
-            FLAGS.checkpoint, dtype=FLAGS.dtype, resize=FLAGS.resize,
-            long_side=FLAGS.long_side if FLAGS.resize == "long_side" else None)
+        resize, long_side = resize_policy()
+        localizer = Localizer.from_checkpoint(FLAGS.checkpoint, dtype=FLAGS.dtype, resize=resize,
+                                              long_side=long_side)
         harmonizer = Harmonizer.from_checkpoint(FLAGS.harmonizer) if FLAGS.harmonizer else None
         demo = core.Demo(localizer, harmonizer, max_pixels=FLAGS.max_pixels,
                          max_run_pixels=FLAGS.max_run_pixels)
@@ -70,14 +68,16 @@ def main(argv) -> int:
     samples = core.write_samples(tempfile.mkdtemp(prefix="jirl-demo-samples-"), FLAGS.samples)
     page = build_app(demo, samples)
     page.queue(default_concurrency_limit=1)  # one model call at a time
-    try:
+    try:  # quiet: Gradio's own lines advertise a share=True that jirl does not offer
         page.launch(server_name=FLAGS.host, server_port=FLAGS.port,
                     max_file_size=f"{FLAGS.max_file_mb}mb", ssr_mode=False, share=False,
-                    inbrowser=False, footer_links=[])
+                    inbrowser=False, footer_links=[], quiet=True, prevent_thread_lock=True)
     except OSError as e:
         print(f"demo: cannot listen on {FLAGS.host}:{FLAGS.port} ({e}); choose another "
               "--port", file=sys.stderr)
         return 2
+    print(f"the demo page: http://{FLAGS.host}:{FLAGS.port} (Ctrl-C stops it)", flush=True)
+    page.block_thread()
     return 0
 
 

@@ -18,9 +18,8 @@ from PIL import Image
 from jirl import visualize
 from jirl.data import images as jimages
 from jirl.data import synthetic
-from jirl.inference import POLICIES, Harmonizer, Localizer, as_mask, binary_mask
+from jirl.inference import DEFAULT_LONG_SIDE, POLICIES, Harmonizer, Localizer, as_mask, binary_mask
 
-DEFAULT_LONG_SIDE = 512
 MAX_PIXELS = 50_000_000  # a photo's decoded size (50 MP: every common camera)
 MAX_RUN_PIXELS = 4_194_304  # what "native" / "long_side" may run a model at (2048 x 2048)
 
@@ -150,7 +149,8 @@ class Demo:
         try:
             return as_mask(mask, size)
         except (jimages.BadImageError, ValueError) as e:
-            raise DemoError(f"the mask {os.path.basename(mask)} is not usable: {e}") from e
+            reason = e.__cause__ or e  # as_mask names the file; the page names it more shortly
+            raise DemoError(f"the mask {os.path.basename(mask)} is not usable: {reason}") from e
 
     def analyze(self, path: str | None, policy: str = "train", long_side: int | None = None,
                 mask: str | np.ndarray | None = None) -> Result:

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from jirl.demo.core import DEFAULT_LONG_SIDE, Demo, DemoError, Result
-from jirl.inference import POLICIES
+from jirl.demo.core import Demo, DemoError, Result
+from jirl.inference import DEFAULT_LONG_SIDE, POLICIES
 
 # Gradio must not phone home: the demo is offline (no analytics, no update check, no telemetry).
 OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",

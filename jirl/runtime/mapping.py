@@ -22,6 +22,7 @@ _LEAVES = {
        for region in ("foreground", "background") for p in ("gamma", "beta")},
 }
 IGNORED_LEAVES = ("num_batches_tracked",)  # BN step counters: no Flax counterpart
+MAX_LISTED = 12  # keys listed per kind of problem in an error (then a count)
 
 
 def _convert_leaf(leaf: str, value: np.ndarray) -> tuple[str, str, np.ndarray]:
@@ -94,10 +95,11 @@ def assign(
     missing = sorted(set(wanted) - set(filled))
     if missing or unexpected or mismatched or duplicated:
         lines = [f"{where} does not map onto the jirl model:"]
-        lines += [f"  missing (no source key): {k}" for k in missing]
-        lines += [f"  unexpected source key: {k}" for k in unexpected]
-        lines += [f"  shape mismatch: {k}" for k in mismatched]
-        lines += [f"  used twice: {k}" for k in duplicated]
+        for what, keys in (("missing (no source key)", missing), ("unexpected source key", unexpected),
+                           ("shape mismatch", mismatched), ("used twice", duplicated)):
+            lines += [f"  {what}: {k}" for k in keys[:MAX_LISTED]]
+            if len(keys) > MAX_LISTED:
+                lines.append(f"  ... and {len(keys) - MAX_LISTED} more {what.split(' (')[0]}")
         raise ConversionError("\n".join(lines))
     out = dict(flat_target)
     out.update(filled)

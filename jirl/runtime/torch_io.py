@@ -12,11 +12,15 @@ class ConversionError(ValueError):
     """A PyTorch checkpoint that cannot be read or does not map onto the jirl model."""
 
 
+class TorchMissingError(ConversionError):
+    """Reading a PyTorch checkpoint needs torch, which is not installed."""
+
+
 def _torch():
     try:
         import torch
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ConversionError(
+        raise TorchMissingError(
             "reading PyTorch checkpoints needs torch: pip install 'jirl[torch]' "
             "(on a CPU-only machine, pip install torch==2.13.0 first)") from e
     return torch

@@ -20,6 +20,7 @@ from jirl.normalization import denormalize
 from jirl.runtime import checkpoints as ckpt
 from jirl.runtime import mesh as jmesh
 from jirl.training import baselines as jbase
+from jirl.training.recipe import check_real_images
 
 
 def _gather(x: np.ndarray) -> np.ndarray:
@@ -261,12 +262,13 @@ def evaluate_checkpoint(
     if contact_sheet > 0 and jax.process_count() > 1:
         raise ValueError("the contact sheet is drawn by a single process; evaluate on one host "
                          "to draw it")
+    split = split or config.eval.split
+    check_real_images(spec, config, split)
     mesh = jmesh.make_mesh()
     step_dir = ckpt.resolve_checkpoint(checkpoint)
     target = jax.eval_shape(lambda: init_model_variables(config, model))
     variables = ckpt.restore_model(step_dir, target, mesh=mesh, model_cfg=config.model)
     eval_step = jax.jit(spec.task.make_eval_step(spec, config, model.apply))
-    split = split or config.eval.split
     base = (jbase.mean_training_mask(config.data, config.eval.prior_examples)
             if config.eval.baselines and spec.task.mask_baselines else None)
     outputs_dir = os.path.join(output_dir, spec.task.outputs) if save_outputs else None

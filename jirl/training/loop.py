@@ -21,6 +21,7 @@ from jirl.runtime.pretrained import load_pretrained
 from jirl.training import baselines as jbase
 from jirl.training.evaluate import evaluate, format_table, sample_triplets
 from jirl.training.optim import lr_schedule, make_optimizer
+from jirl.training.recipe import check_real_images
 from jirl.training.state import TrainState, create_train_state
 from jirl.training.steps import compile_step, make_eval_step, make_train_step
 from jirl.training.writers import MetricWriter
@@ -146,6 +147,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mesh = jmesh.make_mesh()
     jmesh.check_batch_size(config.batch_size, mesh)
     spec, model = build_model(config)
+    check_real_images(spec, config, "train")
     steps_per_epoch = jdata.steps_per_epoch(config.data, config.batch_size)
     sched = Schedule(config, steps_per_epoch)
     tx = make_optimizer(config.optimizer, steps_per_epoch, spec)
