@@ -101,7 +101,8 @@ def test_the_localizer_converts_once_and_reuses_the_conversion(released, tmp_pat
     assert source == {"model": "dirl", "config": "dirl",
                       "files": {"encoder": str(enc), "decoder": str(dec)}}
     again = inference.Localizer.from_checkpoint(f"{dec},{enc}", config=config, dtype="float32")
-    assert f"using {tmp_path / 'cache' / 'jirl' / 'converted' / entry}, converted earlier" in capsys.readouterr().err
+    cached = tmp_path / "cache" / "jirl" / "converted" / entry
+    assert f"using {cached}, converted earlier" in capsys.readouterr().err
     assert again.loaded.checkpoint == first.loaded.checkpoint
     other = config.copy_and_resolve_references()
     other.data.crop_size = 64
