@@ -7,6 +7,7 @@ import json
 import os
 
 import chex
+import jax
 import numpy as np
 import pytest
 from jirl_testing import run, stored_variables, subprocess_env, tiny_checkpoint, tiny_dirl_config
@@ -156,3 +157,28 @@ def test_predict_on_a_folder_with_the_released_files(released, tmp_path):
         masks = [np.asarray(Image.open(tmp_path / d / name)) for d in "abc"]
         np.testing.assert_array_equal(masks[0], masks[2])
         np.testing.assert_array_equal(masks[1], masks[2])
+
+
+def test_the_test_writers_make_files_the_importers_read_back(tmp_path, monkeypatch):
+    """tests/official_files.py (used by tests/test_docs.py) writes libcom's pair and RainNet's
+    generator from tiny jirl models: recognised and converted back, they are those models."""
+    from jirl_testing import tiny_madisnet_config, tiny_rainnet_config
+    from official_files import libcom_files, rainnet_generator_file
+
+    from jirl.models import build_model, init_model_variables
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    madisnet = tiny_madisnet_config(domain_encoder=False)
+    rainnet = tiny_rainnet_config()
+    rainnet.model.discriminator = False
+    for config, write in ((madisnet, lambda v: ",".join(libcom_files(v, tmp_path))),
+                          (rainnet, lambda v: rainnet_generator_file(v, tmp_path / "net_G_last.pth"))):
+        _, model = build_model(config)
+        variables = jax.device_get(init_model_variables(config, model, seed=3))
+        spec = write(variables)
+        assert official.identify(official.weight_files(spec)).model == config.model.name
+        step = official.official_weights(spec, config, announce=lambda _: None)
+        chex.assert_trees_all_equal(stored_variables(step), variables)
+    # a generator alone (no discriminator: no batch_stats at all) restores as a Harmonizer
+    harmonizer = inference.Harmonizer.from_checkpoint(str(tmp_path / "net_G_last.pth"), config=rainnet)
+    assert harmonizer.loaded.variables["batch_stats"] == {}

@@ -103,4 +103,7 @@ def assign(
         raise ConversionError("\n".join(lines))
     out = dict(flat_target)
     out.update(filled)
-    return traverse_util.unflatten_dict(out, sep="/")
+    tree = traverse_util.unflatten_dict(out, sep="/")
+    for collection, value in target.items():  # an empty collection has no leaves to flatten
+        tree.setdefault(collection, value)  # (an inference-only RainNet's batch_stats)
+    return tree
