@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -42,10 +43,29 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
+def strict(payload: Any) -> Any:
+    """`payload` with every non-finite float (NaN, +-inf, numpy scalars included) replaced by None,
+    so that it serializes as strict JSON (RFC 8259 has no NaN); containers are copied."""
+    if isinstance(payload, dict):
+        return {k: strict(v) for k, v in payload.items()}
+    if isinstance(payload, (list, tuple)):
+        return [strict(v) for v in payload]
+    if hasattr(payload, "item") and getattr(payload, "shape", None) == ():  # numpy / jax scalar
+        payload = payload.item()
+    if isinstance(payload, float) and not math.isfinite(payload):
+        return None
+    return payload
+
+
+def dumps(payload: Any, indent: int | None = None) -> str:
+    """Strict JSON text of `payload` (non-finite numbers become null; see `strict`)."""
+    return json.dumps(strict(payload), indent=indent, allow_nan=False)
+
+
 def write_json(path: str | os.PathLike, payload: Any, indent: int | None = 2) -> None:
-    """Writes `payload` as JSON to `path` atomically."""
+    """Writes `payload` as strict JSON (see `strict`) to `path` atomically."""
     with atomic_write(path) as f:
-        json.dump(payload, f, indent=indent)
+        f.write(dumps(payload, indent=indent))
 
 
 def user_cache_dir(*parts: str) -> str:

@@ -35,7 +35,7 @@ def truncate_records(path: str, last_step: int) -> int:
             if int(record.get("step", 0)) > last_step:
                 dropped += 1
             else:
-                kept.append(json.dumps(record) + "\n")
+                kept.append(files.dumps(record) + "\n")
     if dropped:
         files.write_text(path, "".join(kept))
     return dropped
@@ -70,7 +70,7 @@ class MetricWriter:
         for name, value in scalars.items():
             record[prefix + name] = float(value)
             self._tb.add_scalar(prefix + name, float(value), int(step))
-        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.write(files.dumps(record) + "\n")
         self._jsonl.flush()
 
     def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
