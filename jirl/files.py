@@ -9,6 +9,7 @@ the write fails.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -16,13 +17,44 @@ import tempfile
 from collections.abc import Iterator
 from typing import IO, Any
 
+from etils import epath
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+    """Whether `path` names an object store (gs://, s3://, ...) rather than a local file."""
+    return "://" in os.fspath(path)
+
+
+def path(p: str | os.PathLike) -> epath.Path:
+    """`p` as an `etils.epath.Path`: remote paths (gs://bucket/run) as they are, local ones made
+    absolute (with ~ expanded), so that the workdir, checkpoints and outputs are the same
+    whichever file system holds them."""
+    p = os.fspath(p)
+    return epath.Path(p if is_remote(p) else os.path.abspath(os.path.expanduser(p)))
+
+
+@contextlib.contextmanager
+def _remote_write(target: epath.Path, mode: str) -> Iterator[IO]:
+    """Object stores publish an object only when its upload completes: written in memory, then
+    uploaded once, nothing is left under the name when the block raises."""
+    buffer = io.BytesIO() if "b" in mode else io.StringIO()
+    yield buffer
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open(mode) as f:
+        f.write(buffer.getvalue())
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     """Opens a temporary file beside `path` (text: UTF-8; "wb": bytes), renamed to `path` when
-    the block ends without an exception and deleted when it raises. Parent folders are created."""
+    the block ends without an exception and deleted when it raises. Parent folders are created.
+    On an object store (gs://...) the object is uploaded once, when the block ends."""
     if mode not in ("w", "wb"):
         raise ValueError(f"mode={mode!r}; use 'w' (text) or 'wb' (bytes)")
+    if is_remote(path):
+        with _remote_write(epath.Path(os.fspath(path)), mode) as f:
+            yield f
+        return
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)

@@ -117,17 +117,15 @@ def load_checkpoint(path: str, *, config: ml_collections.ConfigDict | None = Non
     converted = official.official_weights(path, config)
     if converted is not None:  # released .pth files: converted (once) with `config`, stored in it
         path, config = converted, None
-    step_dir = ckpt.resolve_checkpoint(path)
-    meta = ckpt.read_meta(step_dir)
     if config is None:
-        config = ckpt.stored_config(step_dir)
+        config = ckpt.stored_config(path)
     config = ml_collections.ConfigDict(config.to_dict())  # a private, unlocked copy
     config.dtype = inference_dtype(dtype, config.get("dtype", "float32"))
     spec, model = build_model(config)
     target = jax.eval_shape(lambda: init_model_variables(config, model))
     mesh = jmesh.make_mesh(jax.local_devices())
-    variables = ckpt.restore_model(step_dir, target, mesh=mesh, model_cfg=config.model)
-    return LoadedModel(config, spec, model, variables, step_dir, meta)
+    variables, step_dir = ckpt.restore(path, target, mesh=mesh, model_cfg=config.model)
+    return LoadedModel(config, spec, model, variables, step_dir, ckpt.read_meta(step_dir))
 
 
 class _Runner:

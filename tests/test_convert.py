@@ -6,6 +6,7 @@ error-report tests use numpy arrays in PyTorch layout and run everywhere.
 
 import builtins
 import os
+import re
 import subprocess
 import sys
 
@@ -216,6 +217,22 @@ def test_convert_cli_writes_a_checkpoint_eval_accepts(torch, tmp_path):
                            "--output", str(tmp_path / "swapped"), "--config", cfg], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "swap --encoder and --decoder" in proc.stderr
+    # NaN-filled files converted with rc 0 into a model that predicts NaN; an --output naming a
+    # file was a NotADirectoryError traceback: both are one line naming the thing now
+    nan = {k: torch.full_like(v, float("nan")) if k.endswith("conv.weight") else v
+           for k, v in dec.items()}
+    torch.save(nan, tmp_path / "nan.pth")
+    (tmp_path / "a_file").write_text("x")
+    for decoder, output, message in [
+            ("nan.pth", "nan_out", r"nan.pth: non-finite values \(NaN or inf\) in \d+ tensor\(s\): "
+                                   r"[\w.]+conv.weight"),
+            ("dec.pth", "a_file", r"--output .*a_file is a file; name a new directory")]:
+        proc = subprocess.run([sys.executable, "-m", "jirl.convert", "dirl", "--encoder",
+                               str(tmp_path / "enc.pth"), "--decoder", str(tmp_path / decoder),
+                               "--output", str(tmp_path / output), "--config", cfg], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and re.search(message, proc.stderr), proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr and not os.path.exists(tmp_path / "nan_out")
 
 
 def test_backbone_weights_config_loads_a_torchvision_file(torch, tmp_path):

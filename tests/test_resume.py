@@ -174,16 +174,52 @@ def test_corrupt_newest_checkpoint_is_skipped_for_the_previous_good_one(root, re
     # and an unfinished save of a later step, as SIGKILL during an async save leaves behind
     shutil.copytree(workdir / "checkpoints" / "9",
                     workdir / "checkpoints" / "15.orbax-checkpoint-tmp-1234567")
-    proc = _run(_cmd(root / "data", workdir, 15))
+    # the killed run had validated at step 12 and saved best/12: the resumed run validates at
+    # 12 again (every 3 steps) and must be able to save its best/12
+    shutil.copytree(ref_dir / "best", workdir / "best")
+    assert os.listdir(workdir / "best") == ["12"]
+    proc = _run(_cmd(root / "data", workdir, 15, "--config.eval_every_steps=3"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "skipping unreadable checkpoint checkpoints/12" in proc.stderr
     assert "at step 9" in proc.stdout
-    # the unreadable one was set aside (not deleted), so step 12 could be saved again
-    assert [n.split("-")[0] for n in os.listdir(workdir / "checkpoints.unreadable")] == ["12"]
+    # what lay beyond step 9 was set aside (not deleted), so steps 12 could be saved again
+    assert _set_aside(workdir) == {"checkpoints": ["12"], "best": ["12"]}
     assert sorted(n for n in os.listdir(workdir / "checkpoints") if n.isdigit()) == ["12", "15"]
+    assert os.listdir(workdir / "best") in (["12"], ["15"])
     got = _losses(workdir)
     assert sorted(got) == list(range(1, 16))
     assert {s: got[s] for s in range(1, 13)} == want  # steps 10..12 redone identically
+
+
+def _set_aside(workdir):
+    """{manager: [steps]} of <workdir>/set_aside (names are <step>-<time>)."""
+    root = workdir / ckpt.SET_ASIDE_DIR
+    return {m: sorted(n.split("-")[0] for n in os.listdir(root / m)) for m in os.listdir(root)}
+
+
+def test_killed_between_the_best_and_the_latest_save_of_a_step_continues(root, reference):
+    """Killed after best/12 was written and before checkpoints/12 was: the workdir holds
+    checkpoints/9 and best/12. The resumed run restores 9, validates at 12 again and saves its
+    own best/12 (Orbax refuses to save over an existing step: without reconciling, every resume
+    died there), with the trajectory of the uninterrupted run."""
+    ref_dir, want = reference
+    workdir = root / "best_ahead"
+    os.makedirs(workdir / "checkpoints")
+    shutil.copytree(ref_dir / "checkpoints" / "9", workdir / "checkpoints" / "9")
+    shutil.copytree(ref_dir / "best", workdir / "best")
+    with open(workdir / "metrics.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in _records(ref_dir) if r["step"] <= 12)
+    proc = _run(_cmd(root / "data", workdir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "at step 9" in proc.stdout
+    assert "set aside best/12 (beyond step 9" in proc.stderr
+    assert _set_aside(workdir) == {"best": ["12"]}
+    assert os.listdir(workdir / "best") == ["12"]
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["12", "9"]
+    assert _losses(workdir) == want
+    proc = _run(_cmd(root / "data", workdir, 15))  # and it goes on from there
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "at step 12" in proc.stdout
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(root, reference):

@@ -67,7 +67,7 @@ def _config_checkpoint_output() -> tuple:
         config = FLAGS.config
     else:
         checkpoint = FLAGS.checkpoint
-        config = ckpt.stored_config(ckpt.resolve_checkpoint(checkpoint))
+        config = ckpt.stored_config(checkpoint)
     jflags.apply_to_config(config, SHORTHANDS)
     output = FLAGS.output or FLAGS.workdir
     if output is None:

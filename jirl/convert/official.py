@@ -77,6 +77,8 @@ def convert(model: str, files: dict[str, str], out: str, config: ml_collections.
     if config.model.name != model:
         raise ConversionError(f"the config builds {config.model.name!r}, not {model!r}; pass "
                               f"--config {model} (or a variant of it)")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConversionError(f"--output {out} is a file; name a new directory")
     if os.path.exists(out) and os.listdir(out):
         raise ConversionError(f"--output {out} exists and is not empty; choose a new directory")
     _, module = build_model(config)

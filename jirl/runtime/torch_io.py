@@ -55,4 +55,16 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
         while key.startswith("module."):
             key = key[len("module."):]
         out[key] = value.detach().cpu().numpy()
+    _check_finite(out, path)
     return out
+
+
+def _check_finite(state_dict: Mapping[str, np.ndarray], path: str) -> None:
+    """Raises ConversionError naming the tensors that hold a NaN or an infinity (a damaged file,
+    or one saved from a diverged run, would convert into a model that predicts NaN)."""
+    bad = [k for k, v in state_dict.items()
+           if np.issubdtype(v.dtype, np.inexact) and not np.isfinite(v).all()]
+    if bad:
+        raise ConversionError(
+            f"{path}: non-finite values (NaN or inf) in {len(bad)} tensor(s): "
+            + ", ".join(bad[:10]) + (" ..." if len(bad) > 10 else ""))

@@ -265,9 +265,8 @@ def evaluate_checkpoint(
     split = split or config.eval.split
     check_real_images(spec, config, split)
     mesh = jmesh.make_mesh()
-    step_dir = ckpt.resolve_checkpoint(checkpoint)
     target = jax.eval_shape(lambda: init_model_variables(config, model))
-    variables = ckpt.restore_model(step_dir, target, mesh=mesh, model_cfg=config.model)
+    variables, step_dir = ckpt.restore(checkpoint, target, mesh=mesh, model_cfg=config.model)
     eval_step = jax.jit(spec.task.make_eval_step(spec, config, model.apply))
     base = (jbase.mean_training_mask(config.data, config.eval.prior_examples)
             if config.eval.baselines and spec.task.mask_baselines else None)

@@ -10,6 +10,7 @@ import time
 
 import jax
 import ml_collections
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from jirl import data as jdata
@@ -46,20 +47,35 @@ class Schedule:
 
 
 class _Preemption:
-    """Turns SIGTERM into a flag the loop checks after each step (checkpoint, then exit)."""
+    """Whether to checkpoint and stop after a step because the job is being preempted (SIGTERM).
+
+    One process: SIGTERM sets a flag the loop reads after each step. Several processes
+    (`jax.distributed`): a preemption notice may reach one host before another, and a
+    checkpoint is a collective save, so the processes agree on the step with JAX's preemption
+    sync (`multihost_utils.reached_preemption_sync_point`, whose service catches SIGTERM in each
+    process): all of them save the same step and exit together.
+    """
 
     def __init__(self):
         self.requested = False
         self._previous = None
+        self._synced = jax.process_count() > 1
 
     def __enter__(self):
-        with contextlib.suppress(ValueError):  # not in the main thread: no handler
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        if not self._synced:
+            with contextlib.suppress(ValueError):  # not in the main thread: no handler
+                self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 
     def _handle(self, signum, frame):
         del signum, frame
         self.requested = True
+
+    def reached(self, step: int) -> bool:
+        """Called after every step, with the same steps in every process."""
+        if self._synced:
+            self.requested = multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
 
     def __exit__(self, *exc):
         if self._previous is not None:
@@ -117,6 +133,7 @@ def _initial_state(config: ml_collections.ConfigDict, spec, state: TrainState,
     Every array ends up replicated over `mesh`.
     """
     restored = checkpointer.restore_latest(_model_items(state), _train_items(state), mesh)
+    checkpointer.reconcile(0 if restored is None else int(restored[1]["step"]))
     if restored is not None:
         model_items, train_items, meta = restored
         step = int(train_items["step"])
@@ -222,11 +239,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         best = float(scores[selection])
                         checkpointer.save_best(step, _model_items(state), _meta(
                             config, step, best, {"val": scores, "val_split": val_split}))
-                if (step % sched.checkpoint_every == 0 or step == sched.total
-                        or preemption.requested):
+                preempted = preemption.reached(step)
+                if step % sched.checkpoint_every == 0 or step == sched.total or preempted:
                     checkpointer.save_latest(step, _model_items(state), _train_items(state),
                                              _meta(config, step, best))
-                if preemption.requested:
+                if preempted:
                     tqdm.write(f"SIGTERM: saved a checkpoint at step {step}; exiting")
                     break
     finally:
