@@ -273,7 +273,7 @@ def test_the_marked_blocks_run(workspace):
     root, env = workspace
     marked = [(page, line, argv) for page in PAGES for line, lang, text, runs in blocks(page)
               if runs for argv in commands(text) if job(argv)]
-    assert len(marked) >= 15, len(marked)
+    assert len(marked) >= 15, len(marked)  # 20 when written
     for page, line, argv in marked:
         proc = subprocess.run(tiny(argv), cwd=root, env=env, capture_output=True, text=True,
                               timeout=600)
@@ -284,5 +284,4 @@ def test_the_marked_blocks_run(workspace):
     assert {"p0", "p1", "photo"} <= {r["name"] for r in records}
     assert (root / "out" / "photo_harmonized.jpg").exists()
     assert (root / "runs" / "dirl_quick" / "eval.json").exists()
-    assert os.listdir(root / "runs" / "rainnet_quick" / "checkpoints") == ["2"]
     assert set(os.listdir(root / "ckpt")) >= {"dirl", "libcom", "rainnet", "old_name"}
