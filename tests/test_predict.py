@@ -243,9 +243,10 @@ def test_predictor_writes_every_output_at_the_photos_size_and_skips_bad_files(lo
     assert not list(out.rglob("*.tmp"))
     # one compiled program per shape: the localizer's batch (train policy) and the harmonizer's
     assert summary.compilations == localizer.compilations + harmonizer.compilations == 2
-    # a rerun leaves existing outputs alone; --overwrite rewrites them
+    # a rerun leaves done photos alone (their outputs, png here, and records exist; no harmonizer
+    # asked: fewer outputs); --overwrite rewrites them
     before = (out / "wide_mask.png").stat().st_mtime_ns
-    again = Predictor(str(out), localizer=localizer).run(photos, progress=False)
+    again = Predictor(str(out), localizer=localizer, image_format="png").run(photos, progress=False)
     assert again.kept == 7 and again.written == 0 and (out / "wide_mask.png").stat().st_mtime_ns == before
     forced = Predictor(str(out), localizer=localizer, overwrite=True).run(photos[:1], progress=False)
     assert forced.written == 1

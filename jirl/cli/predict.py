@@ -8,7 +8,9 @@
 --input: an image, a folder (recursive) or a quoted glob. Per photo, under --output:
 <name>_mask.png (8-bit probability), <name>_mask_bin.png (after the official per-image
 normalization, threshold 0.5; --nonormalize: raw probabilities), <name>_overlay.jpg, with
---harmonizer <name>_harmonized.jpg, and a line of predictions.jsonl. The model and its config come
+--harmonizer <name>_harmonized.jpg, and a line of predictions.jsonl (<name> keeps the extension,
+dup.jpg_mask.png, where two photos would share it). A photo is done when its outputs and its line
+exist: a rerun (after Ctrl-C, a kill, a full disk) does the rest. The model and its config come
 from the checkpoint (a jirl workdir, checkpoint directory, `jirl convert` output, or the released
 .pth files themselves, converted once into a cache). --resize train (default: the model's
 training size, as the official evaluation and libcom), native (the photo's own size, padded to a
@@ -23,7 +25,7 @@ import sys
 import jax
 from absl import app, flags
 
-from jirl.data.images import BadImageError
+from jirl.data.images import MAX_PIXELS, BadImageError
 from jirl.inference import DTYPES, Harmonizer, Localizer
 from jirl.predict import (
     Predictor,
@@ -31,6 +33,7 @@ from jirl.predict import (
     define_resize_flags,
     enable_compile_cache,
     find_photos,
+    prepare_output,
     resize_policy,
 )
 from jirl.runtime import flags as jflags
@@ -52,7 +55,11 @@ def define_flags() -> None:
                         "also write <name>_harmonized.jpg of the detected (or --mask) region.")
     flags.DEFINE_string("mask", None, "Your own mask instead of a localizer: a file, or a folder "
                         "with a mask per photo (same relative name); needs --harmonizer.")
-    flags.DEFINE_bool("overwrite", False, "Replace existing outputs (default: leave those photos).")
+    flags.DEFINE_bool("overwrite", False, "Redo photos already done (default: leave those photos; "
+                      "an unfinished one is always redone).")
+    flags.DEFINE_integer("max_pixels", MAX_PIXELS, "Largest photo read, width x height in pixels, "
+                         f"checked from the file's header before decoding (default {MAX_PIXELS:,}, "
+                         "50 MP); a larger one is skipped with a line saying so.", lower_bound=1)
     jflags.define_batch_size_flag("Photos per model call (default: the number of local devices, "
                                   "so that every device works).")
     flags.DEFINE_enum("image_format", "jpg", ["jpg", "png"], "Format of the overlay and the "
@@ -76,6 +83,7 @@ def main(argv) -> int:
         if FLAGS.compile_cache:
             enable_compile_cache(FLAGS.compile_cache)
         photos = find_photos(FLAGS.input, exclude=FLAGS.output)
+        prepare_output(FLAGS.output)  # before any model is loaded
         localizer = (Localizer.from_checkpoint(FLAGS.checkpoint, resize=resize, long_side=long_side,
                                                config=FLAGS.config, dtype=FLAGS.dtype)
                      if FLAGS.checkpoint else None)
@@ -85,11 +93,18 @@ def main(argv) -> int:
         predictor = Predictor(FLAGS.output, localizer=localizer, harmonizer=harmonizer,
                               mask_spec=FLAGS.mask, normalize=FLAGS.normalize,
                               overwrite=FLAGS.overwrite, image_format=FLAGS.image_format,
-                              batch_size=FLAGS.batch_size or jax.local_device_count())
+                              batch_size=FLAGS.batch_size or jax.local_device_count(),
+                              max_pixels=FLAGS.max_pixels)
     except (OSError, CheckpointError, ValueError, BadImageError) as e:
         print(f"predict: {e}", file=sys.stderr)
         return 2
-    summary = predictor.run(photos)
+    try:
+        summary = predictor.run(photos)
+    except (KeyboardInterrupt, OSError) as e:
+        why = "interrupted" if isinstance(e, KeyboardInterrupt) else str(e)
+        print(f"predict: {why}; {predictor.summary.written} photos written, every one whole; the "
+              "same command again does the rest", file=sys.stderr)
+        return 130 if isinstance(e, KeyboardInterrupt) else 1
     print(summary.line())
     print(f"outputs: {os.path.abspath(FLAGS.output)}")
     return 0

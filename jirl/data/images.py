@@ -6,7 +6,11 @@ Decoding rules, shared so that every source sees a file the same way:
 * the EXIF Orientation tag is honoured after decoding (``PIL.ImageOps.exif_transpose`` semantics), so
   a phone photo and its mask line up as they are displayed;
 * images become uint8 RGB [H, W, 3]: grey, RGBA, palette, 16-bit and CMYK files are converted;
-* masks become uint8 [H, W, 1] in {0, 255}: > 127 of 8 bits (half the maximum of wider types).
+* masks become uint8 [H, W, 1] in {0, 255}: > 127 of 8 bits (half the maximum of wider types);
+* a file whose header announces more than ``max_pixels`` (default ``MAX_PIXELS``, 50 MP) is refused
+  before decoding (``TooLargeError``; ``check_pixels`` makes the same check alone), so a small file
+  of huge dimensions cannot take the memory; PIL's own decompression-bomb error above that counts
+  as one too.
 
 Every conversion is described in ``LoadedImage.conversions``; unusable files raise ``BadImageError``.
 The module itself uses only numpy, PIL and etils, so inference can read users' photos with it.
@@ -17,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import warnings
+from typing import IO
 
 import numpy as np
 from etils import epath
@@ -25,6 +31,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".tif", ".tiff")
 MASK_EXTENSIONS = (".png", ".PNG", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 IMAGE_FORMATS = ("png", "jpeg")  # encodings of stored images
+MAX_PIXELS = 50_000_000  # the largest image decoded by default (50 MP: every common camera)
 
 _EXIF_ORIENTATION = 0x0112
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -36,6 +43,65 @@ class BadImageError(Exception):
 
 class MissingFileError(BadImageError):
     """The file does not exist."""
+
+
+class TooLargeError(BadImageError):
+    """An image whose header announces more pixels than allowed (refused before decoding);
+    `width` and `height` as announced (None past PIL's own ceiling, which does not say)."""
+
+    def __init__(self, message: str, width: int | None = None, height: int | None = None):
+        super().__init__(message)
+        self.width, self.height = width, height
+
+
+def _open_header(stream: IO[bytes], max_pixels: int | None) -> Image.Image:
+    """PIL's lazily opened image of `stream` (nothing decoded yet) when its header's width x height
+    is at most `max_pixels` (None: no limit of jirl's); else TooLargeError."""
+    try:
+        with warnings.catch_warnings():
+            if max_pixels is not None:  # checked below: PIL's warning-only default is not the limit
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(stream)
+    except Image.DecompressionBombError as e:  # PIL's own ceiling, above any sensible max_pixels
+        raise TooLargeError(f"over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} MP ({e})") from e
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:  # (the stream's opener closes it)
+        size = f" ({width * height / 1e6:.3g} MP)" if width * height >= 1e6 else ""
+        limit = f"{max_pixels / 1e6:.3g} MP" if max_pixels >= 1e6 else f"{max_pixels:,} pixels"
+        raise TooLargeError(f"{width}x{height} pixels{size}, more than the {limit} allowed",
+                            width, height)
+    return image
+
+
+def check_pixels(source: epath.PathLike | bytes | IO[bytes], max_pixels: int | None = MAX_PIXELS
+                 ) -> tuple[int, int] | None:
+    """(width, height) of an image (a path, its bytes or an open binary file, left open and
+    rewound) read from its header alone; TooLargeError above `max_pixels`; None when PIL cannot
+    read the header (decoding says why)."""
+    if hasattr(source, "read"):
+        position = source.tell()
+        try:
+            return _header_size(source, max_pixels)
+        finally:
+            source.seek(position)
+    try:
+        stream = io.BytesIO(source) if isinstance(source, bytes | bytearray) else epath.Path(
+            source).open("rb")
+    except OSError:
+        return None
+    with stream:
+        return _header_size(stream, max_pixels)
+
+
+def _header_size(stream: IO[bytes], max_pixels: int | None) -> tuple[int, int] | None:
+    """`check_pixels` of an open stream (which its opener closes: closing PIL's image would
+    close a caller's file too)."""
+    try:
+        return _open_header(stream, max_pixels).size
+    except TooLargeError:
+        raise
+    except Exception:  # noqa: BLE001 - PIL raises many types for bad data.
+        return None
 
 
 def encode_image(array: np.ndarray, image_format: str = "png") -> io.BytesIO:
@@ -90,8 +156,9 @@ def _orientation(image: Image.Image) -> int:
         return 1
 
 
-def _open(path: epath.PathLike) -> _Decoded:
-    """Reads ``path``, decodes it fully and applies its EXIF orientation; else BadImageError."""
+def _open(path: epath.PathLike, max_pixels: int | None = MAX_PIXELS) -> _Decoded:
+    """Reads ``path``, checks its size from the header (``max_pixels``), decodes it fully and
+    applies its EXIF orientation; else BadImageError (TooLargeError when too large)."""
     path = epath.Path(path)
     try:
         data = path.read_bytes()
@@ -102,7 +169,7 @@ def _open(path: epath.PathLike) -> _Decoded:
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True: truncated images would pass")
     try:
-        image = Image.open(io.BytesIO(data))
+        image = _open_header(io.BytesIO(data), max_pixels)
         file_format = image.format
         # PIL reads 16-bit RGB(A) PNGs as 8-bit RGB(A); the raw mode of the tile says so.
         wide = image.mode in ("RGB", "RGBA") and any(
@@ -114,6 +181,8 @@ def _open(path: epath.PathLike) -> _Decoded:
         if orientation in range(2, 9):
             image = ImageOps.exif_transpose(image)
             conversions.append(f"EXIF orientation {orientation} applied")
+    except TooLargeError:
+        raise
     except UnidentifiedImageError as e:
         raise BadImageError("cannot decode (not a recognised image format)") from e
     except Exception as e:  # noqa: BLE001 - PIL raises many types for bad data.
@@ -158,12 +227,13 @@ def _rgb_array(image: Image.Image, wide: bool = False) -> tuple[np.ndarray, list
     return np.ascontiguousarray(array), conversions
 
 
-def load_rgb(path: epath.PathLike) -> LoadedImage:
+def load_rgb(path: epath.PathLike, max_pixels: int | None = MAX_PIXELS) -> LoadedImage:
     """An image as uint8 [H, W, 3], upright, converting grey/RGBA/palette/16-bit/CMYK; else BadImageError.
 
-    ``original`` holds the file's bytes only for a JPEG/PNG that needed no conversion at all.
+    ``original`` holds the file's bytes only for a JPEG/PNG that needed no conversion at all; a
+    file over ``max_pixels`` raises TooLargeError before it is decoded.
     """
-    decoded = _open(path)
+    decoded = _open(path, max_pixels)
     array, converted = _rgb_array(decoded.image, decoded.wide)
     conversions = [*decoded.conversions, *converted]
     stored_as_is = not conversions and decoded.file_format in ("JPEG", "PNG")
@@ -211,12 +281,14 @@ def as_rgb(image) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def load_mask(path: epath.PathLike, size: tuple[int, int] | None = None) -> LoadedImage:
+def load_mask(path: epath.PathLike, size: tuple[int, int] | None = None,
+              max_pixels: int | None = MAX_PIXELS) -> LoadedImage:
     """A mask as uint8 [H, W, 1] in {0, 255}, upright: > 127 of 8 bits (half the maximum of wider types).
 
-    ``size`` (height, width): resize to it with nearest neighbour when the (upright) mask differs.
+    ``size`` (height, width): resize to it with nearest neighbour when the (upright) mask differs;
+    a file over ``max_pixels`` raises TooLargeError before it is decoded.
     """
-    decoded = _open(path)
+    decoded = _open(path, max_pixels)
     image, mode, wide = decoded.image, decoded.image.mode, decoded.wide
     conversions = list(decoded.conversions)
     if mode == "1":
