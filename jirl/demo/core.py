@@ -8,9 +8,12 @@ page shows: the server never sees an exception from a user's file.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
+from collections.abc import Collection
+from typing import IO
 
 import numpy as np
 from PIL import Image
@@ -22,6 +25,7 @@ from jirl.inference import DEFAULT_LONG_SIDE, POLICIES, Harmonizer, Localizer, a
 
 MAX_PIXELS = 50_000_000  # a photo's decoded size (50 MP: every common camera)
 MAX_RUN_PIXELS = 4_194_304  # what "native" / "long_side" may run a model at (2048 x 2048)
+CACHE_MB = 500  # disk for the page's files (uploads, pictures sent): the oldest go beyond it
 
 
 class DemoError(Exception):
@@ -58,16 +62,16 @@ class Result:
         return text
 
 
-def _check_pixels(path: str, max_pixels: int) -> None:
-    """Refuses a file whose header announces more than `max_pixels` before decoding it."""
+def check_pixels(source: str | IO[bytes], max_pixels: int, what: str = "the photo") -> None:
+    """Refuses an image whose header announces more than `max_pixels`, before anything decodes
+    it (`jirl.data.images.check_pixels`); a header PIL cannot read is left to the decoder."""
     try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except Exception:  # noqa: BLE001 - the decoder names the problem (load_rgb below)
-        return
-    if width * height > max_pixels:
-        raise DemoError(f"the photo is {width}×{height} ({width * height / 1e6:.0f} MP), more "
-                        f"than this demo accepts ({max_pixels / 1e6:.0f} MP; --max_pixels)")
+        jimages.check_pixels(source, max_pixels)
+    except jimages.TooLargeError as e:
+        size = (f"{e.width}×{e.height} ({e.width * e.height / 1e6:.0f} MP)" if e.width
+                else str(e).split(" (")[0])
+        raise DemoError(f"{what} is {size}, more than this demo accepts "
+                        f"({max_pixels / 1e6:.0f} MP; --max_pixels)") from e
 
 
 def load_photo(path: str | None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -77,7 +81,7 @@ def load_photo(path: str | None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise DemoError("upload a photo first (or pick a sample)")
     if not os.path.isfile(path):
         raise DemoError(f"the upload {os.path.basename(path)} is gone; upload it again")
-    _check_pixels(path, max_pixels)
+    check_pixels(path, max_pixels)
     try:
         return jimages.load_rgb(path).array
     except jimages.BadImageError as e:
@@ -158,6 +162,8 @@ class Demo:
         harmonizes it, or the user's region instead: `mask`, a mask file or a drawn bool array."""
         start = time.perf_counter()
         photo = load_photo(path, self.max_pixels)
+        if isinstance(mask, str) and mask:
+            check_pixels(mask, self.max_pixels, f"the mask {os.path.basename(mask)}")
         decoded = time.perf_counter()
         out, run_size, compile_s = self._localize(photo, policy, long_side)
         region = binary_mask(out["mask"])
@@ -201,3 +207,42 @@ def write_samples(directory: str, count: int = 4, size: int = 384, seed: int = 0
             visualize.save_png(path, example["composite"])
         paths.append(path)
     return paths
+
+
+def _files_oldest_first(directory: str) -> list[tuple[float, str, int]]:
+    """(modification time, path, bytes) of every file under `directory`, the oldest first."""
+    files = []
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            with contextlib.suppress(FileNotFoundError):
+                stat = os.stat(path)
+                files.append((stat.st_mtime, path, stat.st_size))
+    return sorted(files)
+
+
+def _remove(path: str, directory: str) -> None:
+    """Removes a file, and its folder when that is left empty (Gradio keeps one file a folder)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+    if os.path.dirname(path) != directory:
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(path))
+
+
+def trim_folder(directory: str, max_bytes: int, keep: Collection[str] = ()) -> list[str]:
+    """Deletes the oldest files (by modification time) under `directory` until the rest take at
+    most `max_bytes`, never one in or under a path of `keep`; returns the paths deleted."""
+    directory = os.path.abspath(directory)
+    files = _files_oldest_first(directory)
+    total = sum(size for _, _, size in files)
+    kept = tuple(os.path.abspath(k) for k in keep)
+    deleted = []
+    for _, path, size in files:
+        if total <= max_bytes:
+            break
+        if not any(path == k or path.startswith(k + os.sep) for k in kept):
+            _remove(path, directory)
+            total -= size
+            deleted.append(path)
+    return deleted

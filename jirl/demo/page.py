@@ -1,14 +1,17 @@
 """The demo's web page (Gradio): upload or drop a photo, see the photo, the probability mask, the
 overlay, MadisNet's colour-mapped I' and, with a harmonizer, the harmonized photo with a toggle
 to compare it with the input. Everything the page computes comes from `core.Demo.analyze`.
+
+Nothing unbounded: every image input's header is checked against `Demo.max_pixels` before
+anything decodes it (the drawing panel's too: `guard_editor`), and the page's files live in one
+`Workspace`, trimmed to its size cap after each result and removed at exit.
 """
 
 from __future__ import annotations
 
 import atexit
-import collections
-import contextlib
 import functools
+import io
 import logging
 import os
 import shutil
@@ -19,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from jirl.demo.core import Demo, DemoError, Result
+from jirl.demo.core import CACHE_MB, Demo, DemoError, Result, check_pixels, trim_folder
 from jirl.inference import DEFAULT_LONG_SIDE, POLICIES
 
 # Gradio must not phone home: the demo is offline (no analytics, no update check, no telemetry).
@@ -28,6 +31,7 @@ OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
 
 IMAGE_HEIGHT = 340  # pixels of page per picture; the picture itself keeps the photo's size
 SHOWN = ("harmonized", "input")  # the compare toggle's two states
+PENDING_DRAWINGS = 8  # drawings sent to the server (Gradio keeps them in memory) not yet used
 POLICY_HELP = ("train: resized to the training size, as the official evaluation (fast, one "
                "program); native: the photo's own size; long_side: resized to that longer side")
 
@@ -46,36 +50,65 @@ def _error(message: str) -> str:
     return f"**Error:** {message}"
 
 
+class Workspace:
+    """The demo's one temporary folder, `root`: Gradio's cache (`cache`: uploads and the files it
+    sends, once `serve` makes it GRADIO_TEMP_DIR) holding the panels' pictures and the samples.
+    `trim` keeps the cache under `max_bytes`; `remove` deletes it all (at exit; __main__ also on
+    SIGTERM, which skips atexit)."""
+
+    def __init__(self, max_bytes: int = CACHE_MB * 2**20, parent: str | None = None):
+        self.root = tempfile.mkdtemp(prefix="jirl-demo-", dir=parent)
+        self.cache = os.path.join(self.root, "gradio")
+        self.pictures = os.path.join(self.cache, "pictures")
+        self.samples = os.path.join(self.cache, "samples")
+        self.max_bytes = max_bytes
+        for folder in (self.pictures, self.samples):
+            os.makedirs(folder)
+        atexit.register(self.remove)
+
+    def serve(self) -> None:
+        """Makes `cache` Gradio's cache and `root` Python's temporary folder; before Gradio is
+        imported (some of its modules read GRADIO_TEMP_DIR once)."""
+        os.environ["GRADIO_TEMP_DIR"] = self.cache
+        os.environ["TMPDIR"] = tempfile.tempdir = self.root
+
+    def trim(self, keep: Sequence[str] = ()) -> list[str]:
+        """Deletes the oldest files of the cache beyond `max_bytes`, but never the samples or
+        `keep`; returns the paths deleted."""
+        return trim_folder(self.cache, self.max_bytes, [*keep, self.samples])
+
+    def remove(self) -> None:
+        """Deletes the folder and everything in it."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
 class Pictures:
-    """The panels' pictures as PNG files, written at zlib level 1: lossless like Gradio's own PNGs
-    but much faster to write (benchmarks/demo_latency.py). Gradio copies each into its cache
-    when it sends the page, so only the files of the last `keep` results are kept."""
+    """The panels' pictures as PNG files in the workspace, written at zlib level 1: lossless like
+    Gradio's own PNGs but much faster to write (benchmarks/demo_latency.py). In a served
+    workspace they are in Gradio's cache, sent without a copy; each result trims the workspace
+    to its cap, oldest first."""
 
     NAMES = ("photo", "probability", "overlay", "retouched", "harmonized")
 
-    def __init__(self, keep: int = 8):
-        self.directory = tempfile.mkdtemp(prefix="jirl-demo-pictures-")
-        atexit.register(shutil.rmtree, self.directory, ignore_errors=True)
+    def __init__(self, workspace: Workspace):
+        self.workspace = workspace
         self._count = 0
-        self._written: collections.deque[list[str]] = collections.deque(maxlen=keep)
 
-    def save(self, result: Result) -> dict[str, str | None]:
-        """{panel name: PNG path, None where the result has no such picture}."""
-        if len(self._written) == self._written.maxlen:
-            for path in self._written[0]:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(path)
+    def save(self, result: Result, keep: Sequence[str] = ()) -> dict[str, str | None]:
+        """{panel name: PNG path, None where the result has no such picture}; the workspace is
+        then trimmed, these files and `keep` (the photo's upload) kept."""
+        os.makedirs(self.workspace.pictures, exist_ok=True)
         self._count += 1
-        paths = {}
-        for name in self.NAMES:
-            image = getattr(result, name)
-            if image is None:
-                paths[name] = None
-                continue
-            paths[name] = os.path.join(self.directory, f"{self._count:06d}_{name}.png")
-            Image.fromarray(image).save(paths[name], format="PNG", compress_level=1)
-        self._written.append([p for p in paths.values() if p])
+        paths = {name: self._write(name, getattr(result, name)) for name in self.NAMES}
+        self.workspace.trim([*(p for p in paths.values() if p), *keep])
         return paths
+
+    def _write(self, name: str, image: np.ndarray | None) -> str | None:
+        if image is None:
+            return None
+        path = os.path.join(self.workspace.pictures, f"{self._count:06d}_{name}.png")
+        Image.fromarray(image).save(path, format="PNG", compress_level=1)
+        return path
 
 
 def compare_view(pictures: dict | None, shown: str) -> str | None:
@@ -118,7 +151,7 @@ def page_outputs(demo: Demo, pictures: Pictures, photo_path: str | None, policy:
         logging.exception("jirl.demo: the model failed on %s", photo_path)
         return (_error(f"the model failed on this photo ({type(e).__name__}: {e}); the server "
                        "log has the details"), *EMPTY)
-    files = pictures.save(result)
+    files = pictures.save(result, keep=[photo_path])
     harmonizer = demo.harmonizer.name if demo.harmonizer is not None else None
     return (result.summary(demo.model_name, harmonizer), files["photo"], files["probability"],
             files["overlay"], files["retouched"], compare_view(files, shown), files)
@@ -130,18 +163,60 @@ def drawing_canvas(outputs: tuple) -> dict | None:
     return {"background": files["photo"], "layers": [], "composite": None} if files else None
 
 
-def build_app(demo: Demo, samples: Sequence[str] = (), title: str = "jirl demo") -> Any:
-    """The page as a gradio.Blocks (not launched)."""
+def guard_editor(editor: Any, max_pixels: int, drawings: int = PENDING_DRAWINGS) -> Any:
+    """`editor` (a gr.ImageEditor) refusing, with a message on the page, a background, layer or
+    composite whose header announces more than `max_pixels` (Gradio's preprocess decodes each,
+    whatever the editor's type, before the event's function runs), and keeping in memory the
+    pictures of at most `drawings` drawings sent but not yet used (the newest)."""
+    gr = import_gradio()
+    convert, accept = editor.convert_and_format_image, editor.accept_blobs
+
+    def checked(file, *args, **kwargs):
+        if file is not None:  # a FileData (an upload), or bytes (the editor's own blobs)
+            try:
+                check_pixels(getattr(file, "path", None) or io.BytesIO(file), max_pixels,
+                             "the drawing")
+            except DemoError as e:
+                raise gr.Error(str(e)) from e
+        return convert(file, *args, **kwargs)
+
+    def accept_blobs(data):
+        accept(data)
+        for stale in list(editor.blob_storage)[:-drawings]:
+            editor.blob_storage.pop(stale, None)
+
+    accept_blobs._is_server_fn = True  # as Gradio's @server: callable by the page
+    editor.convert_and_format_image, editor.accept_blobs = checked, accept_blobs
+    return editor
+
+
+def _drawing_panel(gr, max_pixels: int) -> tuple[Any, Any]:
+    """(the drawing panel, its button): paint the region to harmonize over the photo."""
+    with gr.Accordion("Draw the region to harmonize instead", open=False,
+                      elem_id="jirl-draw-panel"):
+        drawing = guard_editor(gr.ImageEditor(
+            type="numpy", image_mode="RGBA", sources=[], transforms=[], layers=False,
+            eraser=gr.Eraser(), brush=gr.Brush(colors=[("#ff3030", 0.6)], color_mode="fixed"),
+            label="Paint over the region", elem_id="jirl-draw"), max_pixels)
+        button = gr.Button("Harmonize the painted region", elem_id="jirl-draw-run")
+    return drawing, button
+
+
+def build_app(demo: Demo, samples: Sequence[str] = (), title: str = "jirl demo",
+              workspace: Workspace | None = None) -> Any:
+    """The page as a gradio.Blocks (not launched); its files in `workspace` (a new one if None).
+    The mask upload and the drawing panel, and their endpoints, exist only with a harmonizer."""
     gr = import_gradio()
     harmonizer = demo.harmonizer.name if demo.harmonizer is not None else None
-    pictures = Pictures()
+    pictures = Pictures(workspace or Workspace())
 
     def panel(label: str, elem_id: str, **kwargs):
         """An output picture, sent losslessly (PNG, `Pictures`) at the photo's size."""
         return gr.Image(label=label, type="filepath", interactive=False, height=IMAGE_HEIGHT,
                         buttons=["download", "fullscreen"], elem_id=elem_id, scale=1, **kwargs)
 
-    # Gradio's cache of sent pictures: files older than an hour go, checked hourly.
+    # Gradio's cache of sent pictures: files older than an hour go, checked hourly (and
+    # `Workspace.trim` keeps it under its size cap).
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as app:
         gr.Markdown(f"# {title}\nLocalizer: **{demo.model_name}**"
                     + (f" · harmonizer: **{harmonizer}**" if harmonizer else "")
@@ -156,8 +231,8 @@ def build_app(demo: Demo, samples: Sequence[str] = (), title: str = "jirl demo")
                 long_side = gr.Number(start_long_side or DEFAULT_LONG_SIDE, precision=0,
                                       label="long_side (pixels)", minimum=32,
                                       elem_id="jirl-long-side")
-                mask = gr.File(label="Your own mask (optional): harmonize this region instead",
-                               elem_id="jirl-mask", visible=harmonizer is not None)
+                mask = (gr.File(label="Your own mask (optional): harmonize this region instead",
+                                elem_id="jirl-mask") if harmonizer else gr.State(None))
                 button = gr.Button("Run", variant="primary", elem_id="jirl-run")
                 if samples:
                     gr.Examples([[p] for p in samples], inputs=[photo], elem_id="jirl-samples",
@@ -176,15 +251,8 @@ def build_app(demo: Demo, samples: Sequence[str] = (), title: str = "jirl demo")
                                          label="The harmonized panel shows", show_label=False,
                                          info="compare the harmonized photo with the input",
                                          elem_id="jirl-compare")
-                        with gr.Accordion("Draw the region to harmonize instead", open=False,
-                                          elem_id="jirl-draw-panel"):
-                            drawing = gr.ImageEditor(
-                                type="numpy", image_mode="RGBA", sources=[], transforms=[],
-                                layers=False, eraser=gr.Eraser(),
-                                brush=gr.Brush(colors=[("#ff3030", 0.6)], color_mode="fixed"),
-                                label="Paint over the region", elem_id="jirl-draw")
-                            draw_button = gr.Button("Harmonize the painted region",
-                                                    elem_id="jirl-draw-run")
+                        drawing, draw_button = (_drawing_panel(gr, demo.max_pixels) if harmonizer
+                                                else (None, None))
                     retouched = panel("Colour-mapped I′ (MadisNet)", "jirl-out-retouched",
                                       visible=demo.has_retouched)
                     used = 2 * (harmonizer is not None) + demo.has_retouched
@@ -193,18 +261,20 @@ def build_app(demo: Demo, samples: Sequence[str] = (), title: str = "jirl demo")
         last = gr.State(None)
         outputs = [status, shown_photo, probability, overlay, retouched, harmonized, last]
         inputs = [photo, policy, long_side, mask, shown]
+        analysis = outputs if drawing is None else [*outputs, drawing]
 
         def run(*args):
-            """An analysis (the localizer's region or the mask file's); the drawing panel gets
-            the photo, unpainted."""
+            """An analysis (the localizer's region or the mask file's); the drawing panel, if
+            any, gets the photo, unpainted."""
             out = page_outputs(demo, pictures, *args)
-            return (*out, drawing_canvas(out))
+            return out if drawing is None else (*out, drawing_canvas(out))
 
-        analysis = [*outputs, drawing]
         photo.change(run, inputs, analysis)  # an upload, a drop or a sample picked
-        mask.change(run, inputs, analysis)
         button.click(run, inputs, analysis)
-        draw_button.click(functools.partial(page_outputs, demo, pictures),
-                          [photo, policy, long_side, drawing, shown], outputs)
+        if harmonizer:
+            mask.change(run, inputs, analysis)
+            draw_button.click(functools.partial(page_outputs, demo, pictures),
+                              [photo, policy, long_side, drawing, shown], outputs,
+                              api_name="harmonize_drawn")
         shown.change(compare_view, [last, shown], [harmonized])
     return app
