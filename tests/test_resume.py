@@ -192,9 +192,13 @@ def test_corrupt_newest_checkpoint_is_skipped_for_the_previous_good_one(root, re
 
 
 def _set_aside(workdir):
-    """{manager: [steps]} of <workdir>/set_aside (names are <step>-<time>)."""
-    root = workdir / ckpt.SET_ASIDE_DIR
-    return {m: sorted(n.split("-")[0] for n in os.listdir(root / m)) for m in os.listdir(root)}
+    """{manager: [steps]} of <workdir>/set_aside (names are <manager>.<step>.<time>)."""
+    found: dict = {}
+    for name in os.listdir(workdir / ckpt.SET_ASIDE_DIR):
+        if name != "README.txt":
+            manager, step, _ = name.split(".")
+            found.setdefault(manager, []).append(step)
+    return {m: sorted(steps) for m, steps in found.items()}
 
 
 def test_killed_between_the_best_and_the_latest_save_of_a_step_continues(root, reference):

@@ -14,7 +14,6 @@ and no checkpoint: runs/<config>). --save_outputs also writes the model's output
 
 from __future__ import annotations
 
-import os
 import sys
 
 import jax
@@ -95,8 +94,9 @@ def main(argv: list[str]) -> None:
     if "contact_sheet" in payload:
         print(f"contact sheet: {payload['contact_sheet']}")
     if jax.process_index() == 0:
-        files.write_json(os.path.join(output, RESULTS), payload)
-        print(f"results: {os.path.join(os.path.abspath(output), RESULTS)}")
+        results = files.path(output) / RESULTS
+        files.write_json(results, payload)
+        print(f"results: {results}")
 
 
 def run(argv: list[str] | None = None) -> None:

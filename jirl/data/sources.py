@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from jirl.data.composites import real_image_key
 from jirl.data.schema import SPLITS, resolve_data_dir, validate_data_config
@@ -29,30 +30,45 @@ def _tfds_base(builder, split: str) -> _Base:
     return _Base(builder.as_data_source(split=split), group_keys, ("tfds", builder.data_dir, split))
 
 
+def prepared_once(make: Callable[[], Any]) -> Any:
+    """`make()` (which prepares data if needed, then opens it) run by process 0 first while the
+    other processes of a multi-host job wait, then by them: the hosts share the data directory
+    (shared storage), and two preparing it at once collide on its final rename."""
+    import jax
+
+    if jax.process_count() == 1:
+        return make()
+    from jax.experimental import multihost_utils
+
+    made = make() if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices("jirl_data_prepared")
+    return made if made is not None else make()
+
+
 def _base_source(data_cfg, split: str) -> _Base:
     """The prepared ``split`` ("train" or "test") of ``data.source``."""
     source = data_cfg["source"]
     if source == "synthetic":
         from jirl.data.tfds_synthetic import synthetic_builder
 
-        builder = synthetic_builder(
+        builder = prepared_once(lambda: synthetic_builder(
             resolve_data_dir(data_cfg),
             image_size=data_cfg["image_size"],
             num_train=data_cfg["num_train"],
             num_test=data_cfg["num_test"],
             seed=data_cfg["synthetic_seed"],
-        )
+        ))
         return _tfds_base(builder, split)
     if source == "ihd":
         from jirl.data.ihd import ihd_builder
 
         ihd_cfg = data_cfg["ihd"]
-        builder = ihd_builder(
+        builder = prepared_once(lambda: ihd_builder(
             resolve_data_dir(data_cfg),
             config=ihd_cfg["config"],
             manual_dir=ihd_cfg["manual_dir"] or None,
             strict_counts=ihd_cfg["strict_counts"],
-        )
+        ))
         return _tfds_base(builder, split)
     # source == "folder"
     from jirl.data.folder import folder_source

@@ -38,7 +38,11 @@ log = logging.getLogger(__name__)
 
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
-SET_ASIDE_DIR = "set_aside"  # <workdir>/set_aside/<manager>/<step>-<time>: kept, not deleted
+SET_ASIDE_DIR = "set_aside"  # <workdir>/set_aside/<manager>.<step>.<time>: kept, not deleted
+SET_ASIDE_README = (
+    "Checkpoints a resumed run found beyond the step it resumed from (unreadable, or saved by the\n"
+    "interrupted run after its last readable checkpoint), moved here rather than deleted. Named\n"
+    "<manager>.<step>.<unix time>; delete them when you no longer need them.\n")
 CHECKSUM_KEY = "model_sha256"
 
 
@@ -213,17 +217,18 @@ class Checkpointer:
         A run killed between two saves of one step (`best/9` written, `checkpoints/9` not), or
         resumed from an older step because the newest is unreadable, would otherwise meet its
         own future: Orbax refuses to save a step that exists. What lies beyond is moved to
-        <workdir>/set_aside/<manager>/<step>-<time> (kept for inspection, not deleted) by process
+        <workdir>/set_aside/<manager>.<step>.<time> (kept for inspection, not deleted) by process
         0, and every process waits for the move before it reloads the managers.
         """
-        beyond = [(name, s) for name, manager in self.managers.items()
+        beyond = [(name, s) for name in self.managers
                   for s in _step_dirs(self.workdir / name) if s > step]
-        if jax.process_index() == 0:
+        if jax.process_index() == 0 and beyond:
+            folder = self.workdir / SET_ASIDE_DIR
+            # a file makes the folder exist on an object store too, where folders are prefixes
+            files.write_text(folder / "README.txt", SET_ASIDE_README)
             for name, s in beyond:
-                src = self.workdir / name / str(s)
-                dst = self.workdir / SET_ASIDE_DIR / name / f"{s}-{int(time.time())}"
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                src.rename(dst)
+                dst = folder / f"{name}.{s}.{int(time.time())}"
+                (self.workdir / name / str(s)).rename(dst)
                 log.warning("set aside %s/%d (beyond step %d, where the run resumes): %s",
                             name, s, step, dst)
         if beyond:

@@ -14,7 +14,7 @@ from jax.sharding import PartitionSpec
 from tqdm import tqdm
 
 from jirl import data as jdata
-from jirl import metrics, visualize
+from jirl import files, metrics, visualize
 from jirl.models import build_model, init_model_variables
 from jirl.normalization import denormalize
 from jirl.runtime import checkpoints as ckpt
@@ -281,6 +281,6 @@ def evaluate_checkpoint(
     if contact_sheet > 0:
         sheet = off_centre_sheet(config, eval_step, variables, mesh, split=split,
                                  mask_name=spec.primary_mask, count=contact_sheet)
-        payload["contact_sheet"] = os.path.join(os.path.abspath(output_dir), CONTACT_SHEET)
+        payload["contact_sheet"] = str(files.path(output_dir) / CONTACT_SHEET)
         visualize.save_png(payload["contact_sheet"], sheet)
     return payload

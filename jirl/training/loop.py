@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import time
 
@@ -160,7 +159,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     composite | harmonized | real images in TensorBoard) and picks the best checkpoint by IoU
     (PSNR). Returns the last validation results ({} if validation never ran).
     """
-    os.makedirs(workdir, exist_ok=True)
+    files.path(workdir).mkdir(parents=True, exist_ok=True)
     mesh = jmesh.make_mesh()
     jmesh.check_batch_size(config.batch_size, mesh)
     spec, model = build_model(config)
@@ -190,7 +189,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     start = int(state.step)
     writer = MetricWriter(workdir, resume_step=start)
     if jax.process_index() == 0:
-        files.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+        files.write_text(files.path(workdir) / "config.json", config.to_json_best_effort(indent=2))
     batches = jdata.train_batches(
         config.data, batch_size=config.batch_size // jax.process_count(), seed=config.seed,
         start_step=start, process_index=jax.process_index(),

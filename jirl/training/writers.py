@@ -4,7 +4,6 @@ from process 0 only."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 
 import jax
@@ -22,23 +21,52 @@ def truncate_records(path: str, last_step: int) -> int:
     without this, `metrics.jsonl` would hold two records for those steps. A line cut short by the
     kill is dropped too. The file is rewritten atomically (temporary file, then rename).
     """
-    if not os.path.exists(path):
-        return 0
-    kept, dropped = [], 0
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                dropped += 1
-                continue
-            if int(record.get("step", 0)) > last_step:
-                dropped += 1
-            else:
-                kept.append(files.dumps(record) + "\n")
+    kept, dropped = _read_records(path, last_step)
     if dropped:
         files.write_text(path, "".join(kept))
     return dropped
+
+
+def _read_records(path: str, last_step: int) -> tuple[list[str], int]:
+    """(the lines of the records of `path` up to `last_step`, how many others there were)."""
+    source = files.path(path)
+    if not source.exists():
+        return [], 0
+    kept, dropped = [], 0
+    for line in source.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if int(record.get("step", 0)) > last_step:
+            dropped += 1
+        else:
+            kept.append(files.dumps(record) + "\n")
+    return kept, dropped
+
+
+class _Lines:
+    """An append-only text file: a local file opened for appending, or on an object store
+    (which cannot append) the whole object uploaded again after each line."""
+
+    def __init__(self, path: str, lines: list[str]):
+        self.path = path
+        self._remote = files.is_remote(path)
+        self._lines = lines
+        self._file = None if self._remote else open(path, "a", encoding="utf-8")  # noqa: SIM115
+
+    def append(self, line: str) -> None:
+        if self._remote:
+            self._lines.append(line)
+            files.write_text(self.path, "".join(self._lines))
+        else:
+            self._file.write(line)
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
 
 
 class MetricWriter:
@@ -46,7 +74,8 @@ class MetricWriter:
 
     `resume_step`: the step training starts from. Records and TensorBoard events past it, left by
     an interrupted run, are dropped (TensorBoard's `purge_step`), so that there is exactly one
-    record per logged step.
+    record per logged step. `workdir` may be on an object store (gs://...; TensorBoard's events
+    there need google-cloud-storage, the `jirl[gcs]` extra).
     """
 
     def __init__(self, workdir: str, enabled: bool | None = None, resume_step: int = 0):
@@ -54,13 +83,16 @@ class MetricWriter:
         self._tb = None
         self._jsonl = None
         if self.enabled:
-            os.makedirs(workdir, exist_ok=True)
+            root = files.path(workdir)
+            root.mkdir(parents=True, exist_ok=True)
             from tensorboardX import SummaryWriter
 
-            path = os.path.join(workdir, METRICS_FILE)
-            truncate_records(path, resume_step)
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1)
-            self._jsonl = open(path, "a", encoding="utf-8")
+            path = str(root / METRICS_FILE)
+            kept, dropped = _read_records(path, resume_step)
+            if dropped:
+                files.write_text(path, "".join(kept))
+            self._tb = SummaryWriter(str(root / "tensorboard"), purge_step=resume_step + 1)
+            self._jsonl = _Lines(path, kept)
 
     def write(self, step: int, scalars: Mapping[str, float], prefix: str = "") -> None:
         """One record: {"step": step, **scalars} (names prefixed with `prefix`)."""
@@ -70,8 +102,7 @@ class MetricWriter:
         for name, value in scalars.items():
             record[prefix + name] = float(value)
             self._tb.add_scalar(prefix + name, float(value), int(step))
-        self._jsonl.write(files.dumps(record) + "\n")
-        self._jsonl.flush()
+        self._jsonl.append(files.dumps(record) + "\n")
 
     def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
         """TensorBoard images: {name: [N, H, W, 3] floats in [0, 1]} (not in metrics.jsonl)."""
