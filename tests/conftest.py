@@ -38,3 +38,20 @@ def _params_without_gradient(model, variables: dict, image, loss_of_outputs: Cal
 def params_without_gradient() -> Callable:
     """(model, variables, image, loss_of_outputs) -> paths of parameters with no gradient."""
     return _params_without_gradient
+
+
+# The files whose tests take longest (minutes: several subprocesses, each compiling), longest
+# first. CI runs `pytest -n 2 --dist loadfile`, which hands whole files to the two workers in
+# collection order: starting with the longest keeps one worker from being left alone with a
+# long file at the end (longest-processing-time-first scheduling).
+LONGEST_FIRST = ("test_madisnet.py", "test_resume.py", "test_rainnet.py", "test_entry_points.py",
+                 "test_distributed.py", "test_docs.py", "test_preemption.py", "test_gcs.py",
+                 "test_predict.py", "test_demo.py", "test_cli.py", "test_loop.py", "test_wheel.py",
+                 "test_bf16.py", "test_training.py", "test_ablation.py", "test_convert.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Runs the files of LONGEST_FIRST first, in that order; the rest after, as collected."""
+    del config
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept
