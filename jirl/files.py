@@ -8,13 +8,15 @@ the write fails.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import json
 import math
 import os
+import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 from etils import epath
@@ -67,6 +69,25 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+# `atomic_write`'s temporary names: ".<name>.<mkstemp's 8 characters>.tmp".
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
+
+
+def remove_temporaries(paths: Iterable[str]) -> None:
+    """Deletes the temporary files that an `atomic_write` of one of `paths` left when its process
+    was killed (an exception removes its own)."""
+    wanted = collections.defaultdict(set)
+    for path in paths:
+        wanted[os.path.dirname(os.fspath(path))].add(os.path.basename(os.fspath(path)))
+    for folder, names in wanted.items():
+        with contextlib.suppress(OSError):
+            for entry in os.listdir(folder):
+                match = _TEMPORARY.match(entry)
+                if match and match["name"] in names:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(os.path.join(folder, entry))
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

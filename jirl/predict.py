@@ -24,7 +24,6 @@ import dataclasses
 import glob
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -341,7 +340,7 @@ class Predictor:
         kept = [line for i, (record, line) in enumerate(entries) if keep(i, record)]
         if damaged or len(kept) != len(entries):
             jfiles.write_text(path, "".join(line + "\n" for line in kept))
-        _remove_temporaries([path, *(q for p in photos for q in self._paths(p).values())])
+        jfiles.remove_temporaries([path, *(q for p in photos for q in self._paths(p).values())])
         return [p for p in photos if (p.path, p.name) not in done]
 
     def _complete(self, record: dict, photo: Photo) -> bool:
@@ -404,23 +403,6 @@ def read_records(path: str) -> tuple[list[tuple[dict, str]], bool]:
         else:
             damaged = True
     return entries, damaged
-
-
-# `jirl.files.atomic_write`'s temporary names: ".<name>.<8 characters of mkstemp>.tmp".
-_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
-
-
-def _remove_temporaries(paths: list[str]) -> None:
-    """Deletes the temporary files that a killed `atomic_write` left beside `paths`."""
-    wanted = collections.defaultdict(set)
-    for path in paths:
-        wanted[os.path.dirname(path)].add(os.path.basename(path))
-    for folder, names in wanted.items():
-        with contextlib.suppress(OSError):
-            for entry in os.listdir(folder):
-                match = _TEMPORARY.match(entry)
-                if match and match["name"] in names:
-                    _remove([os.path.join(folder, entry)])
 
 
 def _remove(paths: Iterable[str]) -> None:

@@ -21,14 +21,12 @@ def truncate_records(path: str, last_step: int) -> int:
     without this, `metrics.jsonl` would hold two records for those steps. A line cut short by the
     kill is dropped too. The file is rewritten atomically (temporary file, then rename).
     """
-    kept, dropped = _read_records(path, last_step)
-    if dropped:
-        files.write_text(path, "".join(kept))
-    return dropped
+    return _truncate(path, last_step)[1]
 
 
-def _read_records(path: str, last_step: int) -> tuple[list[str], int]:
-    """(the lines of the records of `path` up to `last_step`, how many others there were)."""
+def _truncate(path: str, last_step: int) -> tuple[list[str], int]:
+    """(the lines of the records of `path` up to `last_step`, how many others there were, which
+    are dropped from the file)."""
     source = files.path(path)
     if not source.exists():
         return [], 0
@@ -43,6 +41,8 @@ def _read_records(path: str, last_step: int) -> tuple[list[str], int]:
             dropped += 1
         else:
             kept.append(files.dumps(record) + "\n")
+    if dropped:
+        files.write_text(path, "".join(kept))
     return kept, dropped
 
 
@@ -88,9 +88,7 @@ class MetricWriter:
             from tensorboardX import SummaryWriter
 
             path = str(root / METRICS_FILE)
-            kept, dropped = _read_records(path, resume_step)
-            if dropped:
-                files.write_text(path, "".join(kept))
+            kept, _ = _truncate(path, resume_step)
             self._tb = SummaryWriter(str(root / "tensorboard"), purge_step=resume_step + 1)
             self._jsonl = _Lines(path, kept)
 
