@@ -1,6 +1,9 @@
 """Shared test helpers (pytest fixtures)."""
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 
 # Tests compile many small programs and run each a few times: XLA:CPU's cheaper backend
@@ -9,6 +12,17 @@ from collections.abc import Callable
 os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0",
      "--xla_llvm_disable_expensive_passes=true"]).strip()
+
+# One persistent XLA compilation cache for the whole run: the tests build the same tiny models
+# again and again (new jit objects, identical programs), in process and in the train.py / eval.py
+# subprocesses they start. The first process to load this file (pytest's controller) makes the
+# folder and removes it at exit; xdist workers and subprocesses inherit the variables.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="jirl-test-xla-cache-")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ.update(JAX_COMPILATION_CACHE_DIR=_cache,
+                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.2",
+                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 import chex  # noqa: E402
 import jax  # noqa: E402
@@ -45,7 +59,7 @@ def params_without_gradient() -> Callable:
 # collection order: starting with the longest keeps one worker from being left alone with a
 # long file at the end (longest-processing-time-first scheduling).
 LONGEST_FIRST = ("test_madisnet.py", "test_resume.py", "test_rainnet.py", "test_entry_points.py",
-                 "test_distributed.py", "test_docs.py", "test_preemption.py", "test_gcs.py",
+                 "test_distributed.py", "test_docs.py", "test_gcs.py",
                  "test_predict.py", "test_demo.py", "test_cli.py", "test_loop.py", "test_wheel.py",
                  "test_bf16.py", "test_training.py", "test_ablation.py", "test_convert.py")
 

@@ -6,9 +6,11 @@ Each case runs in a subprocess: XLA_FLAGS (the number of CPU devices) and
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import numpy as np
@@ -137,6 +139,7 @@ parser.add_argument("--data_dir")
 parser.add_argument("--coordinator_address")
 parser.add_argument("--num_processes", type=int)
 parser.add_argument("--process_id", type=int)
+parser.add_argument("--steps", type=int, default=3)
 a = parser.parse_args()
 
 from jirl.runtime import distributed
@@ -144,8 +147,8 @@ distributed.initialize(a.coordinator_address, a.num_processes, a.process_id)
 import jax
 from jirl.training import loop
 print("PROCESS", jax.process_index(), jax.process_count(), jax.device_count(), flush=True)
-results = loop.train_and_evaluate(tiny_config(a.data_dir), a.workdir)
-print("RESULTS", json.dumps(results["mask"]["all"]))
+results = loop.train_and_evaluate(tiny_config(a.data_dir, a.steps), a.workdir)
+print("RESULTS", json.dumps(results["mask"]["all"] if results else None))
 """
 
 
@@ -158,38 +161,85 @@ def _flat(tree) -> np.ndarray:
     return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
 
 
-def test_two_processes_match_one_process(tmp_path):
-    """Two processes, each reading half of every global batch, train exactly as one process.
+STEPS = 6
 
-    The proof that gradients are reduced over both processes' rows: after 3 Adam steps at lr 1e-3
+
+def _preempted_pair(args_per_process: list[list[str]], workdir: str) -> int:
+    """Starts the pair, sends SIGTERM to process 1 only once step 1 is logged; asserts that
+    both saved the same step before the end and exited 0; returns that step."""
+    procs = [subprocess.Popen([sys.executable, *args], env=_env(), cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for args in args_per_process]
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    try:
+        deadline = time.monotonic() + 300
+        while not (os.path.exists(metrics) and _losses(workdir)):
+            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+            assert time.monotonic() < deadline, "the run did not reach step 1"
+            time.sleep(0.05)
+        procs[1].send_signal(signal.SIGTERM)  # the notice reaches process 1 only
+        outputs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for i, (p, (out, err)) in enumerate(zip(procs, outputs, strict=True)):
+        assert p.returncode == 0, f"process {i}:\n{out[-2000:]}\n{err[-4000:]}"
+    stopped = [int(out.split("saved a checkpoint at step ")[1].split(";")[0])
+               for out, _ in outputs]
+    assert stopped[0] == stopped[1] < STEPS, outputs
+    print(f"both processes saved step {stopped[0]} of {STEPS}")
+    return stopped[0]
+
+
+def test_two_processes_match_one_process_through_a_preemption(tmp_path):
+    """Two processes, each reading half of every global batch, train exactly as one process,
+    even when a preemption notice (SIGTERM) reaches only one of them mid-run.
+
+    The preemption: both processes agree on the step (JAX's preemption sync), save it
+    collectively and exit 0; the resumed pair ends where the uninterrupted one-process run does.
+    The proof that gradients are reduced over both processes' rows: after 6 Adam steps at lr 1e-3
     the params moved by ~lr per step, and all but a few of them (near-zero gradients, see below)
     moved exactly as in the 1-process run. Were each process to step on its own half (no
-    cross-process reduction), to read the same rows as the other, or to skip the update, most
-    params would differ by the order of the update itself.
+    cross-process reduction), to read the same rows as the other, to skip the update, or to
+    resume from the wrong step or data position, most params would differ by the order of the
+    update itself.
     """
     data_dir = str(tmp_path / "data")
     script = _script(tmp_path, "train.py", TRAIN)
+    steps = ["--steps", str(STEPS)]
     # one process with the same global batch (this also prepares the data once)
     one = str(tmp_path / "one")
-    ref = json.loads(_run([script, "--workdir", one, "--data_dir", data_dir], _env())
+    ref = json.loads(_run([script, "--workdir", one, "--data_dir", data_dir, *steps], _env())
                      .stdout.split("RESULTS", 1)[1])
 
     two = str(tmp_path / "two")
-    address = f"127.0.0.1:{free_port()}"
-    outputs = run_processes(
-        [[script, "--workdir", two, "--data_dir", data_dir, "--coordinator_address", address,
-          "--num_processes", "2", "--process_id", str(i)] for i in range(2)], _env())
+
+    def pair() -> list[list[str]]:
+        address = f"127.0.0.1:{free_port()}"
+        return [[script, "--workdir", two, "--data_dir", data_dir, "--coordinator_address",
+                 address, "--num_processes", "2", "--process_id", str(i), *steps]
+                for i in range(2)]
+
+    stopped = _preempted_pair(pair(), two)
+    from jirl.runtime import checkpoints as ckpt
+
+    checkpointer = ckpt.Checkpointer(two)
+    assert checkpointer.latest_step() == stopped
+    checkpointer.close()
+
+    outputs = run_processes(pair(), _env())
     for i, (rc, out, err) in enumerate(outputs):
         assert rc == 0, f"process {i}:\n{out[-3000:]}\n{err[-6000:]}"
-        assert f"PROCESS {i} 2 2" in out, out
+        assert f"PROCESS {i} 2 2" in out and f"at step {stopped}" in out, out
 
-    # the same loss at every step (steps 2 and 3 see the updated params)
+    # the same loss at every step (steps after the first see the updated params)
     np.testing.assert_allclose(_losses(two), _losses(one), rtol=1e-4)
-    assert len(_losses(two)) == 3
-    # only process 0 writes logs: one record per step, not two
+    assert len(_losses(two)) == STEPS
+    # only process 0 writes logs: one record per step, not two, none repeated by the resume
     with open(os.path.join(two, "metrics.jsonl")) as f:
-        steps = [json.loads(line)["step"] for line in f if '"loss"' in line]
-    assert steps == [1, 2, 3]
+        logged = [json.loads(line)["step"] for line in f if '"loss"' in line]
+    assert logged == list(range(1, STEPS + 1))
     # validation over both processes' halves of the validation split matches the 1-process run
     res = [json.loads(o[1].split("RESULTS", 1)[1]) for o in outputs]
     assert res[0] == res[1] and res[0]["count"] == ref["count"]
@@ -199,21 +249,20 @@ def test_two_processes_match_one_process(tmp_path):
     # the checkpoint saved collectively by both processes restores in one process, and its
     # update from the initial params equals the one-process run's
     from jirl.models import build_model, init_model_variables
-    from jirl.runtime import checkpoints as ckpt
 
     step_two = ckpt.resolve_checkpoint(os.path.join(two, "checkpoints"))
     step_one = ckpt.resolve_checkpoint(os.path.join(one, "checkpoints"))
-    assert os.path.basename(step_two) == "3"
+    assert os.path.basename(step_two) == str(STEPS)
     assert ckpt.read_meta(step_two)["data_iterator"]["process_count"] == 2
     namespace: dict = {}
     exec(TINY_CONFIG.format(root=ROOT), namespace)
-    config = namespace["tiny_config"](data_dir)
+    config = namespace["tiny_config"](data_dir, STEPS)
     _, model = build_model(config)
     initial = _flat(jax.device_get(init_model_variables(config, model))["params"])
     saved_one = _model_target(step_one)
     update_one = _flat(saved_one["params"]) - initial
     update_two = _flat(_model_target(step_two)["params"]) - initial
-    # every param moved (3 Adam steps of ~lr each, far above float noise)...
+    # every param moved (6 Adam steps of ~lr each, far above float noise)...
     assert np.median(np.abs(update_one)) > 1e-3, np.median(np.abs(update_one))
     # ... and the two runs' updates agree. Adam's step is ~lr * sign(g) whatever |g| is, so a
     # param whose gradient is within float noise of zero may step either way when the reduction
