@@ -9,6 +9,8 @@ prints one JSON line.
   python benchmarks/compare_official.py --config configs/madisnet.py --official_madisnet PATH
   python benchmarks/compare_official.py --config configs/rainnet.py --official_rainnet ~/src/RainNet \
       --batch 8 --size 256
+  python benchmarks/compare_official.py --all --official_dirl D --official_madisnet M \
+      --official_rainnet R [--update_docs docs/performance.md]   # every system, one table
 
 PATH is your own clone of bcmi/DIRL-Inharmonious-Region-Localization (nothing of it is part of
 jirl). Its side needs PyTorch, torchvision, scipy and opencv-python (`pip install -e '.[torch]'`
@@ -39,7 +41,10 @@ After a warm-up outside the timings (jirl: compile; both: the first step, which 
 first-step loss at random weights, plus `--warmup` steps, and the same for inference), the parent
 runs `--rounds` rounds of: `--steps` official train steps, `--steps` jirl train steps, then
 `--infer_steps` forwards on each side; the side that goes first alternates between rounds, and
-each request waits `--settle_s` so that the other child's threads are asleep. Throughput is total
+while one side is timed every other child is stopped (SIGSTOP, then SIGCONT): an idle side's
+thread pool that spins or wakes would otherwise take cores from the timed one (with four sides
+alive, two of them torch's, the official float32 DIRL inference at batch 8 measured 0.506 img/s
+against 0.804 with two). Each request also waits `--settle_s`. Throughput is total
 images over total timed seconds per side; ratios are jirl / official. The JSON also names the CPU
 (model, cores, avx2 / avx512 / amx extensions), torch and jax versions, and thread settings.
 Both children are alive at once: at 224 px, batch 8 they need about 7 + 11 GB.
@@ -59,8 +64,12 @@ under no_grad. jirl's side is its two-phase train step (D then G, one Adam each)
 `model.apply(image, train=False, mask=mask)["harmonized"]`. The batch also carries the real image
 (`random_batch(real=True)`: a second N(0, 1) image; the composite both sides train on is
 image * mask + real * (1 - mask), as the official dataset makes it); train img/s count each image
-once per full D + G step; "first_loss" compares G's loss. `--official_amp` is refused for RainNet
-(`optimize_parameters` runs forward and backward in one call).
+once per full D + G step; "first_loss" compares G's loss. `--official_amp` is refused for RainNet's
+train step (`optimize_parameters` runs forward and backward in one call); its inference
+(`--inference_only`) runs `processImage` under autocast.
+
+`--all` runs every comparison the docs show, one subprocess each, then prints their table
+(benchmarks/official_all.py).
 """
 
 import contextlib
@@ -68,6 +77,7 @@ import importlib.util
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -133,6 +143,12 @@ flags.DEFINE_enum("official_loss", "auto", ["auto", "dirl_train", "composed"],
 flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads on the official side (0 = torch's default).")
 flags.DEFINE_float("settle_s", 0.5, "Pause before each timed request (lets the idle side's threads sleep).")
 flags.DEFINE_integer("seed", 0, "Seed of the random batch (model seeds: config.seed).")
+flags.DEFINE_bool("all", False, "Every system whose official clone is given (--official_dirl, "
+                  "--official_madisnet, --official_rainnet): train and inference at --batch (default "
+                  "8), inference at batch 1, float32 and (with bf16 units) bfloat16 against autocast, "
+                  "then one table (benchmarks/official_all.py).")
+flags.DEFINE_string("update_docs", None, "With --all: replace the marked table block of this Markdown "
+                    "file (e.g. docs/performance.md) with the table.")
 flags.DEFINE_enum("child", "", ["", "official", "jirl"], "Internal: serve one side over stdin/stdout.")
 FLAGS = flags.FLAGS
 
@@ -422,6 +438,16 @@ class Child:
                              f"{reply['error']}\n--- stderr tail ---\n{tail}")
         return reply
 
+    @contextlib.contextmanager
+    def paused(self):
+        """The child stopped (SIGSTOP) for the duration: no thread of it can spin or wake while
+        another side is timed."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.proc.pid, signal.SIGCONT)
+
     def close(self):
         if self.proc.poll() is None:
             with contextlib.suppress(ChildError, OSError, ValueError):
@@ -482,10 +508,11 @@ def check_config(config) -> None:
         problem = rainnet_size_problem(FLAGS.size or int(config.data.crop_size))
         if problem:
             raise app.UsageError(problem)
-        if FLAGS.official_amp:
-            raise app.UsageError("--official_amp: the official RainNet step (optimize_parameters) runs "
-                                 "forward and backward in one call; there is no autocast forward to "
-                                 "compare with")
+        if (FLAGS.official_amp or "bfloat16" in FLAGS.precisions) and not FLAGS.inference_only:
+            raise app.UsageError("--official_amp / --precisions=bfloat16 with train steps: the "
+                                 "official RainNet step (optimize_parameters) runs forward and "
+                                 "backward in one call, with no autocast forward to compare with; "
+                                 "add --inference_only")
         return
     if config.model.name == "madisnet":
         problems = config_problems(config, model_config_mismatch)
@@ -573,8 +600,12 @@ def run_comparison(config) -> dict:
     def timed_round(names: list[str]) -> None:
         for phase, n in phases:
             for name in names:
-                time.sleep(FLAGS.settle_s)
-                reply = sides[name].request(phase, n)
+                with contextlib.ExitStack() as others:  # every other side stopped meanwhile
+                    for other, side in sides.items():
+                        if other != name:
+                            others.enter_context(side.paused())
+                    time.sleep(FLAGS.settle_s)
+                    reply = sides[name].request(phase, n)
                 timed[name][phase].append({"n": n, "seconds": reply["seconds"]})
 
     try:
@@ -624,6 +655,8 @@ def main(argv):
         return serve(OfficialSide)
     if FLAGS.child == "jirl":
         return serve(JirlSide)
+    if FLAGS.all:
+        return _run_all()
     config = FLAGS.config
     check_config(config)
     check_prerequisites(config.model.name)
@@ -655,6 +688,24 @@ def main(argv):
     result["threads"] = {name: result[name].pop("threads") for name in result["sides"]}
     print(json.dumps(result))
     return 0
+
+
+def _run_all() -> int:
+    """--all: each system's comparisons in turn (official_all.run_all)."""
+    from official_all import run_all
+
+    if FLAGS["config"].present or FLAGS.precisions or FLAGS.inference_only or FLAGS.official_amp:
+        raise app.UsageError("--all chooses the configs, precisions and work itself; drop --config, "
+                             "--precisions, --inference_only and --official_amp")
+    paths = {f: FLAGS[f].value for f in ("official_dirl", "official_madisnet", "official_rainnet")}
+    passthrough = [f"--{name}={FLAGS[name].value}" for name in (
+        "rounds", "steps", "infer_steps", "warmup", "torch_threads", "settle_s", "seed")]
+    passthrough += ["--one_at_a_time"] if FLAGS.one_at_a_time else []
+    command = "python benchmarks/compare_official.py " + " ".join(
+        a if not a.startswith(("--official_dirl", "--official_madisnet", "--official_rainnet"))
+        else a.split("=")[0] + "=PATH" for a in sys.argv[1:])
+    return run_all(os.path.abspath(__file__), paths, FLAGS.batch or 8, passthrough, command,
+                   FLAGS.update_docs)
 
 
 def side_precisions() -> list[str | None]:

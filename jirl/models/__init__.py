@@ -49,16 +49,21 @@ class TrainPhase:
     """One optimizer update of a train step, for models trained in alternating steps (a GAN's
     discriminator then generator step on the same batch).
 
-    loss(apply_fn, params, batch_stats, batch, rng, loss_cfg) -> (loss, (logs, batch_stats)) is
-    differentiated with respect to all params, and only the parameters of `groups`
-    (`ModelSpec.param_groups`) are updated, with their optimizers' states; the others' states
-    stay as they were. Each phase sees the params and statistics the previous one left, and
-    every phase of a step gets the same `rng`.
+    loss(apply_fn, params, batch_stats, batch, rng, loss_cfg, shared) -> (loss, (logs,
+    batch_stats)) is differentiated with respect to the parameters of `groups`
+    (`ModelSpec.param_groups`) only: the other groups' parameters are constants of this phase
+    (no gradient is computed for them) and only `groups` are updated, with their optimizers'
+    states. Each phase sees the params and statistics the previous one left, and every phase of
+    a step gets the same `rng`. `shared` is what the spec's `train_forward` computed once for the
+    whole step (None without one); with `through_forward`, the phase's gradient also flows back
+    through `shared` into its groups' parameters (the forward's pullback, kept from that one
+    run), otherwise `shared` is a constant of the phase.
     """
 
     name: str
     loss: Callable[..., Any]
     groups: tuple[str, ...]
+    through_forward: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +91,11 @@ class ModelSpec:
         masks or pretrained parts depend on it (MadisNet's, on its localizer); None: this one.
     train_phases: the optimizer updates of one train step, in order (`TrainPhase`); () is one
         supervised update of all parameters by `objective`.
+    train_forward(apply_fn, params, batch_stats, batch, rng) -> (shared, batch_stats): the part
+        of a phased step that its phases share, run once per step at the step's initial params
+        (a GAN's generator output, which the official step computes once for the D and the G
+        update); None: none. The phases then update disjoint groups, so that the forward's
+        pullback is still the gradient at the params a `through_forward` phase sees.
     task: what the model does and how it is scored (`jirl.tasks`): LOCALIZATION (predicts
         masks, scored by AP / F1 / IoU) or HARMONIZATION (takes the mask as an input,
         `model_inputs`, and re-renders the image: scored by MSE / PSNR / fMSE of
@@ -110,6 +120,7 @@ class ModelSpec:
     eval_images: Callable[..., dict] | None = None
     for_config: Callable[..., ModelSpec] | None = None
     train_phases: tuple[TrainPhase, ...] = ()
+    train_forward: Callable[..., tuple] | None = None
     task: Task = LOCALIZATION
     model_inputs: Callable[..., dict] | None = None
     harmonization_inputs: Callable[..., tuple] | None = None

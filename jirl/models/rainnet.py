@@ -292,11 +292,14 @@ def _discriminate(apply_fn, params, batch_stats, image, mask, method="discrimina
     return out, updates["batch_stats"]
 
 
-def _generate(apply_fn, params, batch_stats, comp, mask, rng) -> Array:
-    """G in training mode (dropout from `rng`: both phases of a step draw the same masks, as the
-    official step runs G once for both)."""
-    return apply_fn({"params": params, "batch_stats": batch_stats}, comp, train=True, mask=mask,
-                    rngs={"dropout": jax.random.fold_in(rng, 0)})["harmonized"]
+def generate(apply_fn, params, batch_stats, batch, rng) -> tuple[Array, dict]:
+    """The step's G forward in training mode (official `forward()`): run once per step and shared
+    by the D and the G phase (`ModelSpec.train_forward`); dropout from `rng`."""
+    comp, mask, _ = harmonization_inputs(batch)
+    out, updates = apply_fn({"params": params, "batch_stats": batch_stats}, comp, train=True,
+                            mask=mask, rngs={"dropout": jax.random.fold_in(rng, 0)},
+                            mutable=["batch_stats"])
+    return out["harmonized"], updates["batch_stats"]
 
 
 def gradient_penalty(apply_fn, params, batch_stats, real, fake, mask, alpha,
@@ -314,12 +317,12 @@ def gradient_penalty(apply_fn, params, batch_stats, real, fake, mask, alpha,
     return weight * jnp.mean(jnp.square(norms - 1.0)), batch_stats
 
 
-def discriminator_loss(apply_fn, params, batch_stats, batch, rng, loss_cfg):
-    """D's step (`backward_D`, wgangp): relu(1 + D(fake)) + relu(1 - D(real)) for the global and
-    the verification head, + the gradient penalty. D runs in training mode on fake, real and
-    the interpolation, in that order (each call one power iteration of its spectral norms)."""
-    comp, mask, real = harmonization_inputs(batch)
-    fake = jax.lax.stop_gradient(_generate(apply_fn, params, batch_stats, comp, mask, rng))
+def discriminator_loss(apply_fn, params, batch_stats, batch, rng, loss_cfg, fake):
+    """D's step (`backward_D`, wgangp) on G's output `fake` (a constant here):
+    relu(1 + D(fake)) + relu(1 - D(real)) for the global and the verification head, + the
+    gradient penalty. D runs in training mode on fake, real and the interpolation, in that order
+    (each call one power iteration of its spectral norms)."""
+    _, mask, real = harmonization_inputs(batch)
     (pf, vf), batch_stats = _discriminate(apply_fn, params, batch_stats, fake, mask)
     (pr, vr), batch_stats = _discriminate(apply_fn, params, batch_stats, real, mask)
     alpha = gp_alpha(jax.random.fold_in(rng, 1), real.shape[0], real.dtype)
@@ -337,11 +340,13 @@ def discriminator_loss(apply_fn, params, batch_stats, batch, rng, loss_cfg):
     return total, (logs, batch_stats)
 
 
-def generator_loss(apply_fn, params, batch_stats, batch, rng, loss_cfg):
-    """G's step (`backward_G`): -lambda_a mean D_global(harmonized) - lambda_v mean
-    D_verify(harmonized) + lambda_L1 |harmonized - real|_1 (mean), D in training mode."""
-    comp, mask, real = harmonization_inputs(batch)
-    harmonized = _generate(apply_fn, params, batch_stats, comp, mask, rng)
+def generator_loss(apply_fn, params, batch_stats, batch, rng, loss_cfg, harmonized):
+    """G's step (`backward_G`) on the step's G output `harmonized` (its gradient flows back
+    through G's forward): -lambda_a mean D_global(harmonized) - lambda_v mean
+    D_verify(harmonized) + lambda_L1 |harmonized - real|_1 (mean), D in training mode with the
+    weights D's step left."""
+    del rng
+    _, mask, real = harmonization_inputs(batch)
     (pf, vf), batch_stats = _discriminate(apply_fn, params, batch_stats, harmonized, mask)
     g_global, g_local = -jnp.mean(pf), -jnp.mean(vf)
     gan = loss_cfg.lambda_a * g_global + loss_cfg.lambda_v * g_local
@@ -401,6 +406,7 @@ SPEC = ModelSpec(
     name="rainnet", build=build, objective=None, eval_masks=eval_masks,
     param_groups=PARAM_GROUPS, param_labels=param_labels, eval_images=eval_images,
     train_phases=(TrainPhase("d", discriminator_loss, ("d",)),
-                  TrainPhase("g", generator_loss, ("g",))),
+                  TrainPhase("g", generator_loss, ("g",), through_forward=True)),
+    train_forward=generate,
     task=HARMONIZATION, model_inputs=model_inputs, primary_mask="harmonized",
     harmonization_inputs=harmonization_inputs)

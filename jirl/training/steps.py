@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -51,24 +52,77 @@ def apply_group_gradients(state: TrainState, grads, batch_stats, groups: tuple[s
                          opt_state=opt_state._replace(inner_states=inner))
 
 
+def _partition(params, labels, groups: tuple[str, ...]) -> tuple[Any, Any]:
+    """(own, rest): `params` split by optimizer group, None standing for the leaves of the other
+    part, so that a gradient with respect to `own` computes nothing for `rest`."""
+    own = jax.tree.map(lambda p, label: p if label in groups else None, params, labels)
+    rest = jax.tree.map(lambda p, label: None if label in groups else p, params, labels)
+    return own, rest
+
+
+def _merge(own, rest):
+    """The tree that `_partition` split; `own`'s None leaves are taken from `rest`."""
+    return jax.tree.map(lambda o, r: r if o is None else o, own, rest,
+                        is_leaf=lambda x: x is None)
+
+
+def _check_phases(spec: ModelSpec) -> None:
+    """A forward shared by the phases is differentiated once, at the step's initial params:
+    that is the gradient a later phase needs only when no earlier phase updated the same
+    groups."""
+    if spec.train_forward is None:
+        if any(phase.through_forward for phase in spec.train_phases):
+            raise ValueError(f"{spec.name}: a phase differentiates through the shared forward, "
+                             "but the spec has no train_forward")
+        return
+    seen: set[str] = set()
+    for phase in spec.train_phases:
+        if seen & set(phase.groups):
+            raise ValueError(f"{spec.name}: phase {phase.name!r} updates groups "
+                             f"{sorted(seen & set(phase.groups))} that an earlier phase updated; "
+                             "with a shared train_forward the phases' groups must be disjoint")
+        seen |= set(phase.groups)
+
+
 def make_phase_runner(spec: ModelSpec, config: ml_collections.ConfigDict) -> Callable:
     """run(state, batch) -> (state, logs, grads, finite): the `spec.train_phases` of one train
-    step in order, each differentiated at the state the previous one left and applied to its own
-    groups (`apply_group_gradients`); `grads` holds each phase's gradient. The step counter is
-    not advanced and nothing is rolled back: `make_train_step` does both."""
+    step in order, after the spec's `train_forward` (run once, its pullback kept for the phases
+    that differentiate through it). Each phase is differentiated with respect to its own groups'
+    parameters only, at the state the previous one left, and applied to them
+    (`apply_group_gradients`); `grads` holds each phase's gradient (zeros outside its groups).
+    The step counter is not advanced and nothing is rolled back: `make_train_step` does both."""
+    _check_phases(spec)
     base_key = jax.random.PRNGKey(config.seed)
 
     def run(state: TrainState, batch: dict):
         rng = jax.random.fold_in(base_key, state.step)
         labels = spec.param_labels(state.params)
+        shared = pullback = None
+        if spec.train_forward is not None:
+            shared, pullback, batch_stats = jax.vjp(
+                lambda p: spec.train_forward(state.apply_fn, p, state.batch_stats, batch, rng),
+                state.params, has_aux=True)
+            state = state.replace(batch_stats=batch_stats)
         logs, grads, finite = {}, [], jnp.bool_(True)
         for phase in spec.train_phases:
-            (loss, (phase_logs, batch_stats)), g = jax.value_and_grad(
-                phase.loss, argnums=1, has_aux=True)(
-                state.apply_fn, state.params, state.batch_stats, batch, rng, config.loss)
-            finite &= jnp.isfinite(loss) & _all_finite(g)
+            own, rest = _partition(state.params, labels, phase.groups)
+
+            def loss(own, shared, state=state, rest=rest, phase=phase):
+                return phase.loss(state.apply_fn, _merge(own, rest), state.batch_stats, batch,
+                                  rng, config.loss, shared)
+
+            if phase.through_forward:
+                (value, (phase_logs, batch_stats)), (g, g_shared) = jax.value_and_grad(
+                    loss, argnums=(0, 1), has_aux=True)(own, shared)
+                g_forward, _ = _partition(pullback(g_shared)[0], labels, phase.groups)
+                g = jax.tree.map(jnp.add, g, g_forward)
+            else:
+                (value, (phase_logs, batch_stats)), g = jax.value_and_grad(loss, has_aux=True)(
+                    own, jax.lax.stop_gradient(shared))
+            g = _merge(g, jax.tree.map(jnp.zeros_like, rest))
+            finite &= jnp.isfinite(value) & _all_finite(g)
             state = apply_group_gradients(state, g, batch_stats, phase.groups, labels)
-            logs.update(phase_logs, loss=loss)
+            logs.update(phase_logs, loss=value)
             logs[f"grad_norm_{phase.name}"] = optax.tree.norm(g)
             grads.append(g)
         return state, logs, grads, finite
