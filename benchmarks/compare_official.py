@@ -701,9 +701,10 @@ def _run_all() -> int:
     passthrough = [f"--{name}={FLAGS[name].value}" for name in (
         "rounds", "steps", "infer_steps", "warmup", "torch_threads", "settle_s", "seed")]
     passthrough += ["--one_at_a_time"] if FLAGS.one_at_a_time else []
-    command = "python benchmarks/compare_official.py " + " ".join(
-        a if not a.startswith(("--official_dirl", "--official_madisnet", "--official_rainnet"))
-        else a.split("=")[0] + "=PATH" for a in sys.argv[1:])
+    command = " ".join(["python benchmarks/compare_official.py --all"] + [
+        f"--{flag} {flag.removeprefix('official_').upper()}" for flag, path in paths.items() if path]
+        + [a for a in passthrough if FLAGS[a[2:].split("=")[0]].present]
+        + ([f"--update_docs {FLAGS.update_docs}"] if FLAGS.update_docs else []))
     return run_all(os.path.abspath(__file__), paths, FLAGS.batch or 8, passthrough, command,
                    FLAGS.update_docs)
 

@@ -9,6 +9,8 @@ arrives), for each system whose official clone is given:
   batch 1    inference only, batch 1 (what predict.py and the demo run): float32 and, with bf16
              units, bfloat16 against autocast
   rainnet    also inference only at batch `--batch` in bfloat16 against autocast (with bf16 units)
+MadisNet's train comparison always runs one side at a time (`--one_at_a_time`): its four sides
+at batch 8, 256 px need more than 24 GB together (the official float32 side alone 16 GB).
 The table lists jirl / official per row, with the CPU model and its extensions above it. With
 `--update_docs FILE`, the block between `<!-- compare_official --all -->` and `<!-- end -->` in
 FILE is replaced by the table and the command that produced it.
@@ -35,7 +37,8 @@ def runs(paths: dict[str, str], batch: int, bf16: bool) -> list[dict]:
         common = [f"--config={system}", f"--{flag}={paths[flag]}", f"--size={size}"]
         train_precisions = "float32" if system == "rainnet" or not bf16 else "float32,bfloat16"
         out.append({"system": system, "label": "train", "args": [
-            *common, f"--batch={batch}", f"--precisions={train_precisions}"]})
+            *common, f"--batch={batch}", f"--precisions={train_precisions}",
+            *(["--one_at_a_time"] if system == "madisnet" else [])]})
         out.append({"system": system, "label": "batch 1", "args": [
             *common, "--batch=1", "--inference_only",
             "--precisions=" + ("float32,bfloat16" if bf16 else "float32")]})
@@ -105,8 +108,12 @@ def run_all(script: str, paths: dict[str, str], batch: int, passthrough: list[st
         lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
         if proc.returncode != 0 or not lines:
             failed += 1
+            err = proc.stderr.strip().splitlines()
+            # the parent's own message ("compare_official: jirl/float32 side failed on 'train'
+            # (rc -9)", -9: killed, e.g. for memory), then the end of the child's stderr
+            cause = [line for line in err if line.startswith("compare_official:")]
             print(json.dumps({"system": run["system"], "run": run["label"], "rc": proc.returncode,
-                              "error": proc.stderr.strip().splitlines()[-5:]}), flush=True)
+                              "error": cause + err[-5:]}), flush=True)
             continue
         print(lines[-1], flush=True)
         results.append(json.loads(lines[-1]))

@@ -345,6 +345,48 @@ def test_the_train_step_updates_each_network_once_with_its_own_adam_and_rolls_ba
     chex.assert_trees_all_equal(bad, new)
 
 
+def test_a_step_runs_the_generator_once_and_differentiates_each_network_in_its_own_phase():
+    """The step's G forward is shared (official `optimize_parameters` runs `forward()` once):
+    tracing one step calls G once and D four times (fake, real, interpolation, then G's step);
+    the D phase's gradient holds nothing for G and the G phase's nothing for D (each phase is
+    differentiated only with respect to its own network); a spec whose phases would update the
+    same group after a shared forward, or differentiate through a forward it lacks, is refused."""
+    import dataclasses
+
+    from jirl.models import build_model, init_model_variables
+    from jirl.training import steps
+    from jirl.training.optim import make_optimizer
+    from jirl.training.state import create_train_state
+
+    c = _tiny_config()
+    spec, model = build_model(c)
+    state = create_train_state(model, make_optimizer(c.optimizer, 10, spec),
+                               init_model_variables(c, model))
+    image, mask = forward_inputs(2, "tiny", 32)
+    batch = {"image": jnp.asarray(image), "real": jnp.asarray(image * 0.9), "mask": jnp.asarray(mask)}
+    calls = []
+
+    def apply(*args, method=None, **kwargs):
+        calls.append(method or "generator")
+        return model.apply(*args, method=method, **kwargs)
+
+    run = steps.make_phase_runner(spec, c)
+    _, _, (grad_d, grad_g), _ = run(state.replace(apply_fn=apply), batch)
+    assert calls == ["generator", "discriminate", "discriminate", "penalized_score",
+                     "discriminate"], calls
+    for grads, other in ((grad_d, "g"), (grad_g, "d")):
+        assert not any(np.any(np.asarray(x)) for x in jax.tree.leaves(grads[other])), other
+    assert all(np.any(np.asarray(x)) for x in jax.tree.leaves(grad_d["d"])[:4])
+    assert any(np.any(np.asarray(x)) for x in jax.tree.leaves(grad_g["g"]))
+    phases = spec.train_phases
+    same = dataclasses.replace(spec, train_phases=(phases[0], dataclasses.replace(
+        phases[1], groups=("g", "d"))))
+    with pytest.raises(ValueError, match=r"phase 'g' updates groups \['d'\] that an earlier"):
+        steps.make_phase_runner(same, c)
+    with pytest.raises(ValueError, match="differentiates through the shared forward"):
+        steps.make_phase_runner(dataclasses.replace(spec, train_forward=None), c)
+
+
 def test_the_eval_step_scores_the_recomposited_harmonization_like_the_official_evaluation():
     """The eval step feeds G the official test composite comp * M + real * (1 - M), so the
     harmonized background is the real one and all error lies in the foreground; its MSE / PSNR /
