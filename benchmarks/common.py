@@ -199,3 +199,18 @@ class JirlBench:
         self._jax.block_until_ready(out)
         return time.perf_counter() - t0
 
+
+
+def update_docs(path: str, marker: str, text: str) -> None:
+    """Replaces the block of Markdown file `path` between the line `marker` and the next
+    `<!-- end -->` with `text` (atomically); refuses a file without them."""
+    end_marker = "<!-- end -->"
+    with open(path) as f:
+        doc = f.read()
+    if marker not in doc or end_marker not in doc[doc.index(marker):]:
+        sys.exit(f"{path} has no {marker} ... {end_marker} block to replace")
+    start = doc.index(marker) + len(marker)
+    end = doc.index(end_marker, start)
+    with open(path + ".tmp", "w") as f:
+        f.write(doc[:start] + "\n" + text + "\n" + doc[end:])
+    os.replace(path + ".tmp", path)

@@ -19,13 +19,14 @@ FILE is replaced by the table and the command that produced it.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
+from common import update_docs
+
 SYSTEMS = (("dirl", "official_dirl", 224), ("madisnet", "official_madisnet", 256),
            ("rainnet", "official_rainnet", 256))
-BEGIN, END = "<!-- compare_official --all -->", "<!-- end -->"
+MARKER = "<!-- compare_official --all -->"
 
 
 def runs(paths: dict[str, str], batch: int, bf16: bool) -> list[dict]:
@@ -83,19 +84,6 @@ def table(results: list[dict], cpu: dict, command: str) -> str:
     return "\n".join(lines)
 
 
-def update_docs(path: str, text: str) -> None:
-    """Replaces the marked block of `path` with `text` (refuses a file without the markers)."""
-    with open(path) as f:
-        doc = f.read()
-    if BEGIN not in doc or END not in doc[doc.index(BEGIN):]:
-        sys.exit(f"compare_official: {path} has no {BEGIN} ... {END} block to replace")
-    start = doc.index(BEGIN) + len(BEGIN)
-    end = doc.index(END, start)
-    with open(path + ".tmp", "w") as f:
-        f.write(doc[:start] + "\n" + text + "\n" + doc[end:])
-    os.replace(path + ".tmp", path)
-
-
 def run_all(script: str, paths: dict[str, str], batch: int, passthrough: list[str],
             command: str, docs: str | None) -> int:
     """Runs every comparison, prints each JSON line and then the table; 1 if any failed."""
@@ -124,5 +112,5 @@ def run_all(script: str, paths: dict[str, str], batch: int, passthrough: list[st
     text = table(results, cpu_info(), command)
     print(text)
     if docs:
-        update_docs(docs, text)
+        update_docs(docs, MARKER, text)
     return 1 if failed else 0

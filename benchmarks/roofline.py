@@ -4,6 +4,7 @@
                                                                   # with bf16 units, bfloat16
   python benchmarks/roofline.py --systems dirl,rainnet --dtypes float32
   python benchmarks/roofline.py --systems dirl --batch 2 --size 64 --steps 1   # a quick look
+  python benchmarks/roofline.py --systems rainnet --rows_from earlier.jsonl --update_docs docs/performance.md
 
 Rows: for each system (`--systems`, default dirl, unet, rsrnet, madisnet, rainnet) and compute
 dtype, its jitted train step (RainNet: the D and the G phase) at `--batch` and its inference
@@ -27,7 +28,7 @@ import sys
 import time
 
 from absl import app, flags
-from common import peak_rss_gb, random_batch
+from common import peak_rss_gb, random_batch, update_docs
 
 SYSTEMS = ("dirl", "unet", "rsrnet", "madisnet", "rainnet")
 
@@ -39,6 +40,10 @@ flags.DEFINE_integer("size", None, "Square input size (default: each config's cr
 flags.DEFINE_integer("steps", 2, "Timed train steps (after compile and one warm-up step).")
 flags.DEFINE_integer("infer_steps", 3, "Timed inference batches (after compile and a warm-up).")
 flags.DEFINE_integer("matmul", 2048, "Side of the square matrices that measure the peak.")
+flags.DEFINE_string("update_docs", None, "Replace the `<!-- roofline -->` block of this Markdown "
+                    "file (docs/performance.md) with the table.")
+flags.DEFINE_multi_string("rows_from", [], "Also tabulate the JSON rows of earlier runs (files of "
+                          "this script's output), e.g. to table systems measured in separate runs.")
 flags.DEFINE_string("child", "", "Internal: measure SYSTEM:DTYPE in this process.")
 FLAGS = flags.FLAGS
 
@@ -124,8 +129,9 @@ def table(rows: list[dict], cpu: dict) -> str:
     for r in rows:
         if r["row"] == "peak":
             peak[r["dtype"]] = max(peak.get(r["dtype"], 0.0), r["gflops_per_s"])
-    lines = [f"CPU: {cpu['model_name']}, {cpu['usable_cpus']} cores; peak (matmul, best of XLA "
-             "and torch): " + ", ".join(f"{d} {g:.0f} GFLOP/s" for d, g in peak.items()), "",
+    lines = [f"CPU: {cpu['model_name']}, {cpu['usable_cpus']} cores; peak (matmul, the best of XLA "
+             "and torch in these runs): " + ", ".join(f"{d} {g:.0f} GFLOP/s" for d, g in peak.items()),
+             "",
              "| system | work | dtype | batch | size | GFLOP / call | img/s | GFLOP/s | share of peak |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -174,7 +180,14 @@ def main(argv):
                 if line.startswith("{"):
                     rows.append(json.loads(line))
                     print(line, flush=True)
-    print(table(rows, cpu))
+    for path in FLAGS.rows_from:
+        with open(path) as f:
+            rows += [r for r in map(json.loads, (x for x in f if x.startswith("{")))
+                     if r["row"] in ("peak", "system")]
+    text = table(rows, cpu)
+    print(text)
+    if FLAGS.update_docs:
+        update_docs(FLAGS.update_docs, "<!-- roofline -->", text)
     return 0
 
 
