@@ -312,12 +312,9 @@ def _adam_counts(opt_state) -> dict:
             for label, inner in opt_state.inner_states.items()}
 
 
-def test_the_train_step_updates_each_network_once_with_its_own_adam_and_rolls_back_nan():
-    """One jitted step: D's and G's parameters both move, each Adam counts one step (the D phase
-    does not step G's Adam with zero gradients, nor the reverse), the spectral-norm buffers move,
-    the step counter advances once; a NaN batch leaves the whole state as it was."""
+def _tiny_step() -> tuple:
+    """(config, spec, model, train state, batch) of a tiny RainNet's train step on 2 x 32 px."""
     from jirl.models import build_model, init_model_variables
-    from jirl.training import steps
     from jirl.training.optim import make_optimizer
     from jirl.training.state import create_train_state
 
@@ -327,6 +324,16 @@ def test_the_train_step_updates_each_network_once_with_its_own_adam_and_rolls_ba
                                init_model_variables(c, model))
     image, mask = forward_inputs(2, "tiny", 32)
     batch = {"image": jnp.asarray(image), "real": jnp.asarray(image * 0.9), "mask": jnp.asarray(mask)}
+    return c, spec, model, state, batch
+
+
+def test_the_train_step_updates_each_network_once_with_its_own_adam_and_rolls_back_nan():
+    """One jitted step: D's and G's parameters both move, each Adam counts one step (the D phase
+    does not step G's Adam with zero gradients, nor the reverse), the spectral-norm buffers move,
+    the step counter advances once; a NaN batch leaves the whole state as it was."""
+    from jirl.training import steps
+
+    c, spec, model, state, batch = _tiny_step()
     step = jax.jit(steps.make_train_step(spec, c))
     new, logs = step(state, batch)
     assert bool(logs["finite"]) and int(new.step) == 1
@@ -353,17 +360,9 @@ def test_a_step_runs_the_generator_once_and_differentiates_each_network_in_its_o
     same group after a shared forward, or differentiate through a forward it lacks, is refused."""
     import dataclasses
 
-    from jirl.models import build_model, init_model_variables
     from jirl.training import steps
-    from jirl.training.optim import make_optimizer
-    from jirl.training.state import create_train_state
 
-    c = _tiny_config()
-    spec, model = build_model(c)
-    state = create_train_state(model, make_optimizer(c.optimizer, 10, spec),
-                               init_model_variables(c, model))
-    image, mask = forward_inputs(2, "tiny", 32)
-    batch = {"image": jnp.asarray(image), "real": jnp.asarray(image * 0.9), "mask": jnp.asarray(mask)}
+    c, spec, model, state, batch = _tiny_step()
     calls = []
 
     def apply(*args, method=None, **kwargs):
