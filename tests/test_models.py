@@ -349,22 +349,42 @@ def test_conv_transpose_equals_the_zero_dilated_conv_with_gradients(height, widt
 def test_strided_conv_gradients_to_second_order_equal_xlas(size, k, stride, padding, dilation):
     """conv2d's CPU backward (tap-wise kernel gradient; for strides > 1 the input gradient as a
     matmul + overlap-add) against XLA's own differentiation of the conv, to second order (the
-    kernel gradient of the input gradient's norm, as a gradient penalty takes it)."""
+    kernel gradient of the input gradient's norm, as a gradient penalty takes it). In float64,
+    so that only a wrong formula (not summation order) can tell the two apart."""
     rng = np.random.default_rng(3)
-    x = jnp.asarray(rng.normal(size=(2, size, size - 1, 3)), jnp.float32)
-    kernel = jnp.asarray(rng.normal(size=(k, k, 3, 4)), jnp.float32)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.normal(size=(2, size, size - 1, 3)), jnp.float64)
+        kernel = jnp.asarray(rng.normal(size=(k, k, 3, 4)), jnp.float64)
 
-    def first(conv):
-        return jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w, stride, padding, dilation))),
-                        argnums=(0, 1))
+        def first(conv):
+            return jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w, stride, padding, dilation))),
+                            argnums=(0, 1))
 
-    def second(conv):
-        return jax.grad(lambda w: jnp.sum(first(conv)(x, w)[0] ** 2))
+        def second(conv):
+            return jax.grad(lambda w: jnp.sum(first(conv)(x, w)[0] ** 2))
 
-    chex.assert_trees_all_close(first(cpu_conv.conv2d)(x, kernel), first(cpu_conv.xla_conv)(x, kernel),
-                                atol=1e-5)
-    ours, xla = second(cpu_conv.conv2d)(kernel), second(cpu_conv.xla_conv)(kernel)
-    chex.assert_trees_all_close(ours, xla, atol=2e-5 * float(jnp.max(jnp.abs(xla))))
+        chex.assert_trees_all_close(first(cpu_conv.conv2d)(x, kernel),
+                                    first(cpu_conv.xla_conv)(x, kernel), rtol=1e-10, atol=1e-10)
+        ours, xla = second(cpu_conv.conv2d)(kernel), second(cpu_conv.xla_conv)(kernel)
+        chex.assert_trees_all_close(ours, xla, rtol=1e-10, atol=1e-10 * float(jnp.max(jnp.abs(xla))))
+
+
+@pytest.mark.parametrize("k, stride, padding, dilation", [(3, 1, 1, 1), (4, 2, 1, 1), (3, 2, 0, 1),
+                                                      (3, 1, 2, 2), (1, 1, 0, 1), (1, 2, 0, 1)])
+def test_im2col_conv_equals_xlas_conv_in_float64(k, stride, padding, dilation):
+    """The matrix-product form conv2d takes on the CPU for 1x1 kernels and small outputs
+    (`_prefers_im2col`) gives XLA's conv to float64 round-off, and conv2d does take it there."""
+    rng = np.random.default_rng(4)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.normal(size=(2, 8, 7, 3)), jnp.float64)
+        kernel = jnp.asarray(rng.normal(size=(k, k, 3, 5)), jnp.float64)
+        ref = cpu_conv.xla_conv(x, kernel, stride, padding, dilation)
+        ours = cpu_conv._conv_as_im2col(x, kernel, stride, padding, dilation)
+        chex.assert_equal_shape([ours, ref])
+        chex.assert_trees_all_close(ours, ref, rtol=1e-12, atol=1e-12)
+    assert cpu_conv._prefers_im2col(x.shape, kernel.shape, stride, padding, dilation)
+    assert not cpu_conv._prefers_im2col((2, 64, 64, 3), (3, 3, 3, 5), 1, 1, 1)
+    assert cpu_conv._prefers_im2col((2, 64, 64, 3), (1, 1, 3, 5), 1, 0, 1)
 
 
 def test_importing_jirl_selects_the_memory_minimizing_cpu_scheduler():

@@ -39,8 +39,8 @@ def _tap_windows(x: Array, kh: int, kw: int, stride: int, padding: int,
     """The kh * kw input windows a strided, dilated conv reads, one [N, Ho, Wo, C] slice of the
     zero-padded input per kernel tap (row-major over the taps)."""
     n, h, w, c = x.shape
-    ho = (h + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
-    wo = (w + 2 * padding - dilation * (kw - 1) - 1) // stride + 1
+    ho, wo = (_output_size(h, kh, stride, padding, dilation),
+              _output_size(w, kw, stride, padding, dilation))
     xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     windows = []
     for i in range(kh):
@@ -68,17 +68,50 @@ def _conv_tapwise_grad(x: Array, kernel: Array, stride: int, padding: int, dilat
 
 
 def _conv_tapwise_fwd(x, kernel, stride, padding, dilation):
+    one_window = kernel.shape[0] * kernel.shape[1] == 1  # nothing for XLA to merge (see below)
+    if (_prefers_im2col(x.shape, kernel.shape, stride, padding, dilation)
+            and (x.dtype != jnp.bfloat16 or one_window)):
+        return _conv_as_im2col(x, kernel, stride, padding, dilation), (x, kernel)
     return xla_conv(x, kernel, stride, padding, dilation), (x, kernel)
 
 
 def _conv_cpu_forward(x: Array, kernel: Array, stride: int, padding: int, dilation: int) -> Array:
-    """XLA's conv, except in bf16: `_conv_as_tap_dots`. Only where nothing differentiates it
-    (inference): in a train step XLA would merge the forward's tap windows with the kernel
-    gradient's and keep all of them alive until the backward pass, so `_conv_tapwise_fwd` keeps
-    XLA's conv."""
+    """XLA's conv, except in bf16 (`_conv_as_tap_dots`) and on small outputs (`_conv_as_im2col`,
+    see `_prefers_im2col`). The bf16 form only where nothing differentiates it (inference): in a
+    train step XLA would merge the forward's tap windows with the kernel gradient's and keep all
+    of them alive until the backward pass, so `_conv_tapwise_fwd` keeps XLA's conv there."""
     if x.dtype == jnp.bfloat16:
         return _conv_as_tap_dots(x, kernel, stride, padding, dilation)
+    if _prefers_im2col(x.shape, kernel.shape, stride, padding, dilation):
+        return _conv_as_im2col(x, kernel, stride, padding, dilation)
     return xla_conv(x, kernel, stride, padding, dilation)
+
+
+def _output_size(size: int, k: int, stride: int, padding: int, dilation: int) -> int:
+    return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+
+
+def _prefers_im2col(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], stride: int,
+                    padding: int, dilation: int) -> bool:
+    """Whether `_conv_as_im2col` beats XLA:CPU's conv (`python benchmarks/conv_kernels.py`
+    measures both per layer shape): every 1x1 conv (a plain matrix product: 1.3-2x faster, e.g.
+    RainNet's attention gates), and any conv with at most 8 x 8 output pixels (RainNet's 4x4
+    encoder convs from 16 x 16 down to 1 x 1, up to 17x faster at 1 x 1, and its
+    discriminator's last three). On larger outputs XLA's spatial conv wins or ties."""
+    kh, kw = kernel_shape[:2]
+    pixels = (_output_size(x_shape[1], kh, stride, padding, dilation)
+              * _output_size(x_shape[2], kw, stride, padding, dilation))
+    return kh * kw == 1 or pixels <= 8 * 8
+
+
+def _conv_as_im2col(x: Array, kernel: Array, stride: int, padding: int, dilation: int) -> Array:
+    """A conv as one matrix product: the tap windows side by side ([N, Ho, Wo, kh * kw * C], the
+    im2col patches) times the kernel as [kh * kw * C, O]."""
+    kh, kw, cin, cout = kernel.shape
+    patches = jnp.concatenate(_tap_windows(x, kh, kw, stride, padding, dilation), axis=-1)
+    y = jnp.dot(patches, kernel.reshape(kh * kw * cin, cout),
+                preferred_element_type=jnp.promote_types(x.dtype, jnp.float32))
+    return y.astype(x.dtype)
 
 
 def _strided_input_grad(g: Array, kernel: Array, x_shape: tuple[int, ...], stride: int,
@@ -104,7 +137,7 @@ def _strided_input_grad(g: Array, kernel: Array, x_shape: tuple[int, ...], strid
 
 def _conv_tapwise_bwd(stride, padding, dilation, residuals, g):
     x, kernel = residuals
-    if stride > 1:
+    if stride > 1 or kernel.shape[0] * kernel.shape[1] == 1:
         dx = _strided_input_grad(g, kernel, x.shape, stride, padding, dilation)
     else:
         _, input_vjp = jax.vjp(lambda x: xla_conv(x, kernel, stride, padding, dilation), x)
