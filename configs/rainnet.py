@@ -65,3 +65,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 # in the generator, trained the same way, with per-epoch curves.
 ROWS = {"in": "the generator with IN (the seed's baseline)",
         "rain": "the generator with RAIN (official)"}
+REFERENCE = "in"  # jirl ablation reports RAIN's paired difference from IN

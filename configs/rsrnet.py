@@ -60,6 +60,7 @@ ROWS = {
     "row8": dict(upsample="bilinear"),  # w/o weighted upsample
     "row9": {},  # the full model
 }
+REFERENCE = "row9"  # jirl ablation compares every row with the full model, seed by seed
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -17,22 +17,24 @@ def _scores(ap, f1, iou, count=8):
     return {"all": {"ap": ap, "f1": f1, "iou": iou, "count": count}}
 
 
-FAKE = {
-    "row2": {"model": "rsrnet", "wall_seconds": 90.0,
-             "results": {"M^1": _scores(0.1, 0.2, 0.3), "M^2": _scores(0.4, 0.5, 0.6),
-                         "M_dec": _scores(0.71, 0.52, 0.43), "M_fnl": _scores(0.81, 0.62, 0.53),
-                         "M_rsr": _scores(0.61, 0.42, 0.33), "baseline/mean_mask": _scores(0.2, 0.25, 0.15)}},
-    "row1": {"model": "unet", "wall_seconds": 30.0,
-             "results": {"mask": _scores(0.5, 0.4, 0.3), "baseline/mean_mask": _scores(0.2, 0.25, 0.15)}},
+FAKE = {  # {variant: {seed: eval.json}}, one seed each
+    "row2": {0: {"model": "rsrnet", "wall_seconds": 90.0,
+                 "results": {"M^1": _scores(0.1, 0.2, 0.3), "M^2": _scores(0.4, 0.5, 0.6),
+                             "M_dec": _scores(0.71, 0.52, 0.43), "M_fnl": _scores(0.81, 0.62, 0.53),
+                             "M_rsr": _scores(0.61, 0.42, 0.33),
+                             "baseline/mean_mask": _scores(0.2, 0.25, 0.15)}}},
+    "row1": {0: {"model": "unet", "wall_seconds": 30.0,
+                 "results": {"mask": _scores(0.5, 0.4, 0.3),
+                             "baseline/mean_mask": _scores(0.2, 0.25, 0.15)}}},
 }
 
 
 def test_tables_list_every_mask_and_the_iterations_apart():
     text = ablation.table(FAKE).splitlines()
-    assert text[0].split(" | ")[2:5] == ["M_dec AP", "M_dec F1", "M_dec IoU"]
+    assert text[0].split(" | ")[3:6] == ["M_dec AP", "M_dec F1", "M_dec IoU"]
     assert "M^1" not in text[0]
     row2 = [c.strip() for c in text[2].strip("|").split("|")]
-    assert row2[:5] == ["row2", "rsrnet", "0.7100", "0.5200", "0.4300"] and row2[-1] == "1.5"
+    assert row2[:6] == ["row2", "rsrnet", "1", "0.7100", "0.5200", "0.4300"] and row2[-1] == "1.5"
     row1 = [c.strip() for c in text[3].strip("|").split("|")]
     header = [c.strip() for c in text[0].strip("|").split("|")]
     assert row1[header.index("mask IoU")] == "0.3000" and row1[header.index("M_fnl AP")] == ""
@@ -40,7 +42,8 @@ def test_tables_list_every_mask_and_the_iterations_apart():
     assert steps[0] == "| variant | metric | k=1 | k=2 |"
     assert steps[2:] == ["| row2 | AP | 0.1000 | 0.4000 |", "| row2 | F1 | 0.2000 | 0.5000 |",
                          "| row2 | IoU | 0.3000 | 0.6000 |"]
-    assert ablation.primary_mask(FAKE["row2"]) == "M_fnl"
+    assert ablation.primary_mask(FAKE["row2"][0]) == "M_fnl"
+    assert ablation.interval_table(FAKE, "row1") == ""  # one seed: no intervals
 
 
 def test_bar_chart_draws_the_primary_masks(tmp_path):
@@ -67,18 +70,19 @@ def test_harmonizers_get_per_epoch_scores_a_leader_per_epoch_and_two_curve_panel
                         {"step": 10 * epoch, "test/mse": 100.0 / epoch, "test/psnr": p,
                          "test/fmse": 300.0 / epoch, "test/fg_ratio": 0.1}]
         _write_jsonl(tmp_path / variant / "metrics.jsonl", records)
-    curves = {v: ablation.epoch_scores(str(tmp_path / v)) for v in ("in", "rain")}
-    assert sorted(curves["rain"]) == [1.0, 2.0, 3.0]
-    assert curves["rain"][2.0] == {"mse": 50.0, "psnr": 21.5, "fmse": 150.0}
+    curves = {v: {0: ablation.epoch_scores(str(tmp_path / v))} for v in ("in", "rain")}
+    assert sorted(curves["rain"][0]) == [1.0, 2.0, 3.0]
+    assert curves["rain"][0][2.0] == {"mse": 50.0, "psnr": 21.5, "fmse": 150.0}
     rows = ablation.epoch_table(curves, HARMONIZATION).splitlines()
     assert rows[0].startswith("| epoch | in MSE | rain MSE | in PSNR | rain PSNR")
     assert [r.split(" | ")[-1].rstrip(" |") for r in rows[2:]] == ["rain", "in", "rain"]
     path = str(tmp_path / "curves.png")
     assert ablation.curve_chart(curves, HARMONIZATION, path)
     assert np.asarray(Image.open(path)).shape[:2] == (350, 900)
-    fake = {v: {"model": "rainnet", "task": "harmonization", "results": {"harmonized": {"all": {
-        "mse": 40.0, "psnr": 36.0, "fmse": 400.0, "fg_ratio": 0.1, "count": 8}}}} for v in curves}
-    assert ablation.table(fake).splitlines()[0].split(" | ")[2:5] == [
+    fake = {v: {0: {"model": "rainnet", "task": "harmonization", "results": {"harmonized": {
+        "all": {"mse": 40.0, "psnr": 36.0, "fmse": 400.0, "fg_ratio": 0.1, "count": 8}}}}}
+        for v in curves}
+    assert ablation.table(fake).splitlines()[0].split(" | ")[3:6] == [
         "harmonized MSE", "harmonized PSNR", "harmonized fMSE"]
     assert ablation.bar_chart(fake, str(tmp_path / "chart.png"))
     with pytest.raises(ValueError, match="the variants mix tasks"):
@@ -117,8 +121,10 @@ def test_ablation_trains_and_scores_in_process_from_outside_the_checkout_and_res
     env = subprocess_env(1, checkout=False)
     proc = run(command, env, timeout=900, cwd=str(outside))
     assert proc.stderr.count("resumed from") == 0
-    results = json.loads((workdir / "table.json").read_text())
-    assert list(results) == ["row2", "row1"]
+    report = json.loads((workdir / "table.json").read_text())
+    assert list(report["arms"]) == ["row2", "row1"] and report["reference"] == "row2"
+    assert all(len(arm["seeds"]) == 1 for arm in report["arms"].values())  # config.seed only
+    results = {v: next(iter(arm["seeds"].values())) for v, arm in report["arms"].items()}
     assert results["row1"]["model"] == "unet" and results["row2"]["model"] == "rsrnet"
     # row 2 is RSRNet without a combination (its M_fnl is M_dec), scored per iteration too
     with open(workdir / "row2" / "config.json") as f:
@@ -126,7 +132,7 @@ def test_ablation_trains_and_scores_in_process_from_outside_the_checkout_and_res
     r2 = results["row2"]["results"]
     assert r2["M_fnl"] == r2["M_dec"] and {f"M^{k}" for k in range(1, 13)} <= set(r2)
     assert results["row2"]["wall_seconds"] > 0 and results["row2"]["split"] == "test"
-    assert "| row2 | rsrnet |" in proc.stdout and "k=12" in proc.stdout
+    assert "| row2 | rsrnet | 1 |" in proc.stdout and "k=12" in proc.stdout
     assert (workdir / "table.md").read_text() in proc.stdout
     assert (workdir / "chart.png").exists() and os.listdir(outside) == []
     # a second run finds both variants scored and trains nothing
@@ -145,3 +151,117 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
                    cwd=str(tmp_path))
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------- several seeds: the statistics
+
+# Five seeds of two arms whose scores move together with the seed (a seed effect of +-0.05
+# shared by both arms) around a small real difference of +0.01: paired, the difference is
+# clear; unpaired, the seed effect hides it.
+SEEDS = (0, 1, 2, 3, 4)
+REF = dict(zip(SEEDS, (0.50, 0.55, 0.45, 0.60, 0.40), strict=True))
+ARM = dict(zip(SEEDS, (0.512, 0.559, 0.461, 0.608, 0.413), strict=True))
+
+
+def test_intervals_and_paired_differences_match_scipy_and_the_t_table():
+    from scipy import stats as scipy_stats
+
+    from jirl.ablation import stats
+
+    iv = stats.interval(list(REF.values()))
+    low, high = scipy_stats.ttest_1samp(list(REF.values()), 0.0).confidence_interval(0.95)
+    assert iv["n"] == 5 and abs(iv["mean"] - 0.5) < 1e-12
+    assert abs(iv["std"] - np.std(list(REF.values()), ddof=1)) < 1e-12
+    assert abs(iv["low"] - low) < 1e-12 and abs(iv["high"] - high) < 1e-12
+    # the t table: t(0.975, 4 degrees of freedom) = 2.776445
+    assert abs((iv["high"] - iv["mean"]) / (iv["std"] / np.sqrt(5)) - 2.776445105) < 1e-8
+
+    d = stats.paired_difference(ARM, REF, lower_is_better=False)
+    arm, ref = [ARM[s] for s in SEEDS], [REF[s] for s in SEEDS]
+    low, high = scipy_stats.ttest_rel(arm, ref).confidence_interval(0.95)
+    assert d["seeds"] == list(SEEDS) and abs(d["mean"] - 0.0106) < 1e-12
+    assert abs(d["low"] - low) < 1e-12 and abs(d["high"] - high) < 1e-12
+    assert d["low"] > 0 and d["verdict"] == "better"
+    # unpaired, the same numbers show no difference: pairing is what measures it
+    welch = scipy_stats.ttest_ind(arm, ref, equal_var=False).confidence_interval(0.95)
+    assert welch.low < 0 < welch.high
+    # the direction follows the metric; an interval over zero is no verdict
+    assert stats.paired_difference(ARM, REF, lower_is_better=True)["verdict"] == "worse"
+    assert stats.verdict(-0.1, 0.2, False) == stats.NO_DIFFERENCE == "no difference measured"
+    assert stats.verdict(-0.3, -0.1, True) == "better"
+    # only the seeds both arms ran are paired; one value has no interval
+    assert stats.paired_difference({**ARM, 9: 1.0}, REF, False)["seeds"] == list(SEEDS)
+    assert stats.interval([0.3])["low"] is None
+    with pytest.raises(ValueError, match="share no seed"):
+        stats.paired_difference({7: 0.1}, REF, False)
+
+
+def _harmonizer_run(mse, psnr):
+    return {"model": "rainnet", "task": "harmonization", "wall_seconds": 60.0,
+            "results": {"harmonized": {"all": {"mse": mse, "psnr": psnr, "fmse": 10 * mse,
+                                               "fg_ratio": 0.1, "count": 8}}}}
+
+
+def test_report_over_seeds_has_intervals_paired_verdicts_per_epoch_and_band_charts(tmp_path):
+    """Three seeds per arm: table.md gives mean ± std, the 95 % intervals and RAIN's paired
+    difference from IN with a verdict, overall and per epoch, and says from which epoch the
+    verdict holds; table.json carries the same; the charts are drawn."""
+    from jirl.ablation import report, stats
+
+    seeds = (0, 1, 2)
+    results = {"in": {s: _harmonizer_run(100.0 + 10 * s, 30.0 + s) for s in seeds},
+               "rain": {s: _harmonizer_run(90.0 + 10 * s + s * s, 30.0 + s) for s in seeds}}
+    # per epoch: RAIN's MSE ties IN's at epoch 1 (+-1), then is 5 below at every seed
+    curves = {"in": {s: {float(e): {"mse": 100.0 - 10 * e + s, "psnr": 30.0 + e + 0.1 * s,
+                                    "fmse": 500.0} for e in (1, 2, 3)} for s in seeds},
+              "rain": {s: {float(e): {"mse": 100.0 - 10 * e + s + (
+                  (-1.0, 1.0, 0.0)[s] if e == 1 else -5.0 - 0.1 * s),
+                  "psnr": 30.0 + e + 0.1 * s, "fmse": 500.0} for e in (1, 2, 3)} for s in seeds}}
+    markdown = report.write_report(results, curves, str(tmp_path), "in")
+    rows = {line.split(" | ")[0].lstrip("| ") + "/" + line.split(" | ")[1]: line
+            for line in report.interval_table(results, "in").splitlines()[2:]}
+    expected = stats.paired_difference({s: 90.0 + 10 * s + s * s for s in seeds},
+                                       {s: 100.0 + 10 * s for s in seeds}, True)
+    assert f"{expected['mean']:+.4f}" in rows["rain/MSE"] and "(reference)" in rows["in/MSE"]
+    assert rows["rain/MSE"].rstrip(" |").endswith(expected["verdict"])
+    assert "| in | rainnet | 3 | 110.0000 ± 10.0000" in markdown
+    lines = report.verdict_lines(curves, HARMONIZATION, "in")
+    assert "rain vs in, MSE: better from epoch 2 on" in lines
+    assert "rain vs in, PSNR: no difference measured at the last epoch (3)" in lines
+    assert "- rain vs in, MSE: better from epoch 2 on" in markdown
+    epoch_rows = report.epoch_table(curves, HARMONIZATION, "in").splitlines()
+    assert "rain − in MSE" in epoch_rows[0]
+    assert "no difference measured" in epoch_rows[2] and "better" in epoch_rows[3]
+    saved = json.loads((tmp_path / "table.json").read_text())
+    assert saved["reference"] == "in" and saved["confidence"] == 0.95
+    assert saved["arms"]["rain"]["paired"]["mse"]["verdict"] == expected["verdict"]
+    assert saved["arms"]["rain"]["per_epoch_paired"]["mse"]["2"]["verdict"] == "better"
+    assert saved["arms"]["in"]["summary"]["harmonized"]["mse"]["n"] == 3
+    for chart in ("chart.png", "curves.png"):
+        assert np.asarray(Image.open(tmp_path / chart)).shape[0] == 350
+
+
+def test_seeds_run_each_arm_per_seed_into_its_own_folder(tmp_path, monkeypatch):
+    """run_ablation with seeds trains (arm, seed) into <workdir>/<arm>/seed<k> with
+    config.seed = k, and pairs the arms against the config's REFERENCE."""
+    calls = []
+
+    def fake_run_arm(config, workdir):
+        calls.append((os.path.relpath(workdir, tmp_path), int(config.seed), config.model.norm))
+        return _harmonizer_run(50.0 + config.seed, 30.0)
+
+    monkeypatch.setattr(ablation, "run_arm", fake_run_arm)
+    results = ablation.run_ablation("rainnet:quick", workdir=str(tmp_path), seeds=[3, 5])
+    assert calls == [("in/seed3", 3, "in"), ("in/seed5", 5, "in"),
+                     ("rain/seed3", 3, "rain"), ("rain/seed5", 5, "rain")]
+    assert {v: sorted(r) for v, r in results.items()} == {"in": [3, 5], "rain": [3, 5]}
+    assert json.loads((tmp_path / "table.json").read_text())["reference"] == "in"
+    assert ablation.parse_seeds(["3"]) == [0, 1, 2] and ablation.parse_seeds(["4", "9"]) == [4, 9]
+    assert ablation.parse_seeds([]) == []
+    for bad, message in ((["0"], "at least 1"), (["a"], "count or a list"), (["2", "2"], "twice")):
+        with pytest.raises(ValueError, match=message):
+            ablation.parse_seeds(bad)
+    assert ablation.reference_arm("rsrnet:quick", ["row2", "row9"]) == "row9"
+    assert ablation.reference_arm("rsrnet:quick", ["row2", "row1"]) == "row2"
+    with pytest.raises(ValueError, match="--reference 'row7' is not one of the variants"):
+        ablation.reference_arm("rsrnet:quick", ["row2", "row1"], "row7")

@@ -2,8 +2,8 @@
 this process, then tabulate them; see `jirl.ablation`.
 
   jirl ablation --config rsrnet:quick --workdir runs/rsrnet_table2
-  jirl ablation --config rsrnet:quick --variants row2,row9 --config.seed=1
-  jirl ablation --config rainnet:quick
+  jirl ablation --config rainnet:quick --seeds 5          # seeds 0..4, RAIN paired with IN
+  jirl ablation --config rsrnet:quick --variants row2,row9 --seeds 0,1,2 --reference row9
 
 --config.key=value overrides apply to every variant.
 """
@@ -31,6 +31,10 @@ def define_flags() -> None:
         "The config whose variants are compared, with the base variant: rsrnet:quick, "
         "rainnet:quick, or a file (FILE[:variant]); --config.key=value overrides every variant."))
     flags.DEFINE_list("variants", [], "The variants to compare (default: the config's ROWS).")
+    flags.DEFINE_list("seeds", [], "Train every variant once per seed: a count N (seeds 0..N-1) "
+                      "or a list of seeds (default: once, with config.seed).")
+    flags.DEFINE_string("reference", None, "The variant the others are compared with, seed by "
+                        "seed (default: the config's REFERENCE, else the first variant).")
     jflags.define_dtype_flag(DTYPES, None, "Compute dtype of every variant (= config.dtype).")
     jflags.define_batch_size_flag("Global batch of every variant (= config.batch_size).")
     flags.DEFINE_string("workdir", None, "Where each variant trains (<workdir>/<variant>) and the "
@@ -51,8 +55,8 @@ def main(argv: list[str]) -> None:
     workdir = FLAGS.workdir or os.path.join("runs", f"{stem}_ablation")
     try:
         results = ablation.run_ablation(
-            argument, FLAGS.variants, workdir=workdir,
-            overrides=overrides())
+            argument, FLAGS.variants, workdir=workdir, overrides=overrides(),
+            seeds=ablation.parse_seeds(FLAGS.seeds), reference=FLAGS.reference)
     except (CheckpointError, ValueError) as e:
         sys.exit(f"ablation: {e}")
     if jax.process_index() != 0:
@@ -64,7 +68,8 @@ def main(argv: list[str]) -> None:
             print(f"{name}: {os.path.abspath(os.path.join(workdir, name))}")
     if not os.path.exists(os.path.join(workdir, "chart.png")):
         print("charts: not drawn (pip install 'jirl[plots]' for matplotlib)")
-    print(f"tables: {os.path.abspath(workdir)} ({len(results)} variants)")
+    runs = sum(len(by_seed) for by_seed in results.values())
+    print(f"tables: {os.path.abspath(workdir)} ({len(results)} variants, {runs} runs)")
 
 
 def run(argv: list[str] | None = None) -> None:

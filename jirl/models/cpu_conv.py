@@ -3,10 +3,13 @@
 XLA:CPU computes the kernel gradient of a convolution with convolutions of its own that cost
 several times the forward pass, and a bf16 convolution in f32 (upcasting both operands). On the
 CPU, `conv2d` therefore differentiates the kernel tap by tap as matrix products, computes the
-input gradient of a strided conv as a matrix product and an overlap-add, and runs an
+input gradient of a strided (or 1x1) conv as a matrix product and an overlap-add, and runs an
 undifferentiated bf16 forward as bf16 x bf16 -> f32 matrix products per kernel tap, which use
-the CPU's bf16 units. The values are XLA's convolution's, up to float summation order; the
-speed-ups are measured by benchmarks/train_step.py and benchmarks/compare_official.py (README).
+the CPU's bf16 units. Where XLA's own conv is slow for the shape (1x1 kernels, outputs of at
+most 8 x 8 pixels: `_prefers_im2col`), the forward is one matrix product of the im2col patches.
+The values are XLA's convolution's, up to float summation order; the speed-ups are measured by
+benchmarks/conv_kernels.py, benchmarks/train_step.py and benchmarks/compare_official.py
+(docs/performance.md).
 """
 
 from __future__ import annotations

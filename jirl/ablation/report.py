@@ -1,0 +1,369 @@
+"""An ablation's tables and charts, over seeds (`jirl.ablation.stats` does the statistics).
+
+`results` is {variant: {seed: that run's eval.json}}; `curves` is {variant: {seed: {epoch:
+{metric: value}}}} (`epoch_scores` of each run's metrics.jsonl). With one seed per arm the tables
+show the values as they are; with several, each cell is mean ± std over seeds, the intervals
+table gives the 95 % Student t interval of each arm's mean and of its paired difference from the
+reference arm (the same seed in both) with a verdict, and the per-epoch table does the same
+epoch by epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+
+from jirl import files
+from jirl.ablation import stats
+from jirl.metrics import TITLES
+from jirl.models import get_spec
+from jirl.tasks import LOCALIZATION, TASKS, Task, get_task
+
+Runs = Mapping[str, Mapping[int, dict]]  # {variant: {seed: eval.json}}
+Curves = Mapping[str, Mapping[int, Mapping[float, Mapping[str, float]]]]
+
+
+def _is_step(mask: str) -> bool:
+    return mask.startswith("M^")
+
+
+def _runs(results: Runs) -> list[dict]:
+    return [r for runs in results.values() for r in runs.values()]
+
+
+def task_of(results: Runs) -> Task:
+    """The task of the runs' eval.json results (all variants of one config share it; an
+    eval.json written before harmonizers existed is a localizer's)."""
+    names = {r.get("task", LOCALIZATION.name) for r in _runs(results)}
+    if len(names) != 1:
+        raise ValueError(f"the variants mix tasks {sorted(names)}")
+    return get_task(names.pop())
+
+
+def primary_mask(result: dict) -> str:
+    """The mask that the model of an eval.json is judged by (its ModelSpec's primary_mask)."""
+    if "primary_mask" in result:
+        return result["primary_mask"]
+    return get_spec(result["model"]).primary_mask  # an eval.json from before it recorded it
+
+
+def scores(runs: Mapping[int, dict], mask: str, metric: str) -> dict[int, float]:
+    """{seed: the metric of `mask` on the whole split} over the seeds that scored it."""
+    return {seed: r["results"][mask]["all"][metric] for seed, r in runs.items()
+            if mask in r["results"]}
+
+
+def summary(runs: Mapping[int, dict], metrics: tuple[str, ...]) -> dict[str, dict[str, dict]]:
+    """{mask: {metric: `stats.interval` over seeds}} of one arm."""
+    masks = dict.fromkeys(m for r in runs.values() for m in r["results"])
+    return {m: {k: stats.interval(list(scores(runs, m, k).values())) for k in metrics}
+            for m in masks}
+
+
+def paired(results: Runs, reference: str, task: Task) -> dict[str, dict[str, dict]]:
+    """{variant: {metric: `stats.paired_difference` from the reference}} on each arm's primary
+    mask (every arm but the reference; empty with one seed)."""
+    ref = results[reference]
+    ref_mask = primary_mask(next(iter(ref.values())))
+    out = {}
+    for variant, runs in results.items():
+        if variant == reference or len(runs) < 2:
+            continue
+        mask = primary_mask(next(iter(runs.values())))
+        out[variant] = {k: stats.paired_difference(scores(runs, mask, k), scores(ref, ref_mask, k),
+                                                   k in task.lower_is_better)
+                        for k in task.metrics}
+    return out
+
+
+def _cell(iv: dict) -> str:
+    return f"{iv['mean']:.4f}" if iv["std"] is None else f"{iv['mean']:.4f} ± {iv['std']:.4f}"
+
+
+def _range(iv: dict) -> str:
+    return "" if iv["low"] is None else f"[{iv['low']:.4f}, {iv['high']:.4f}]"
+
+
+def table(results: Runs) -> str:
+    """Markdown: one row per variant, its number of seeds, every scored mask's metrics (the
+    per-iteration ones apart) as mean ± std over seeds, and its mean wall time."""
+    metric_names = task_of(results).metrics
+    masks = list(dict.fromkeys(m for r in _runs(results) for m in r["results"] if not _is_step(m)))
+    head = ["variant", "model", "seeds"] + [f"{m} {TITLES[k]}" for m in masks
+                                            for k in metric_names] + ["wall (min)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for variant, runs in results.items():
+        first = next(iter(runs.values()))
+        cells = [variant, first.get("model", ""), str(len(runs))]
+        for m in masks:
+            values = [scores(runs, m, k) for k in metric_names]
+            cells += [_cell(stats.interval(list(v.values()))) if v else "" for v in values]
+        walls = [r["wall_seconds"] for r in runs.values() if r.get("wall_seconds")]
+        cells.append(f"{sum(walls) / len(walls) / 60:.1f}" if walls else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def interval_table(results: Runs, reference: str) -> str:
+    """Markdown: per variant and metric of its primary mask, mean ± std over seeds, the 95 %
+    interval of the mean, and the paired difference from `reference` with its interval and
+    verdict. Empty unless some arm ran two seeds or more."""
+    if all(len(runs) < 2 for runs in results.values()):
+        return ""
+    task = task_of(results)
+    diffs = paired(results, reference, task)
+    lines = [f"| variant | metric | mean ± std | 95 % interval | − {reference} (paired) | "
+             "95 % interval | n | verdict |", "|---|---|---|---|---|---|---|---|"]
+    for variant, runs in results.items():
+        mask = primary_mask(next(iter(runs.values())))
+        for k in task.metrics:
+            iv = stats.interval(list(scores(runs, mask, k).values()))
+            d = diffs.get(variant, {}).get(k)
+            tail = ([f"{d['mean']:+.4f}", _range(d), str(d["n"]), d["verdict"]] if d
+                    else ["(reference)" if variant == reference else "", "", "", ""])
+            lines.append("| " + " | ".join([variant, TITLES[k], _cell(iv), _range(iv), *tail])
+                         + " |")
+    return "\n".join(lines) + "\n"
+
+
+def iteration_table(results: Runs) -> str:
+    """Markdown: AP / F1 / IoU of the masks M^1..M^K after each iteration (mean over seeds), per
+    variant that has them."""
+    lines = []
+    for variant, runs in results.items():
+        first = next(iter(runs.values()))
+        steps = sorted((m for m in first["results"] if _is_step(m)), key=lambda m: int(m[2:]))
+        if not steps:
+            continue
+        if not lines:
+            lines = ["| variant | metric | " + " | ".join(f"k={m[2:]}" for m in steps) + " |",
+                     "|---|---|" + "---|" * len(steps)]
+        for key in LOCALIZATION.metrics:
+            values = " | ".join(_cell(stats.interval(list(scores(runs, m, key).values())))
+                                for m in steps)
+            lines.append(f"| {variant} | {TITLES[key]} | {values} |")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def epoch_scores(workdir: str) -> dict[float, dict[str, float]]:
+    """{epoch: {metric: value}} of the validations logged in `<workdir>/metrics.jsonl` (the
+    primary mask's `<split>/<metric>` records; epochs from the training records' step/epoch)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    per_epoch = [r["step"] / r["epoch"] for r in records if r.get("epoch")]
+    if not per_epoch:
+        return {}
+    known = {k for task in TASKS.values() for k in task.metrics}
+    out: dict[float, dict[str, float]] = {}
+    for r in records:
+        values = {k.rpartition("/")[2]: v for k, v in r.items()
+                  if "/" in k and k.rpartition("/")[2] in known}
+        if values:
+            out[round(r["step"] / per_epoch[0], 3)] = values
+    return out
+
+
+def common_epochs(curves: Curves) -> list[float]:
+    """The epochs every run of every variant validated at."""
+    sets = [set(c) for runs in curves.values() for c in runs.values()]
+    return sorted(set.intersection(*sets)) if sets else []
+
+
+def epoch_values(curves: Curves, variant: str, epoch: float, metric: str) -> dict[int, float]:
+    """{seed: metric at `epoch`} of one variant."""
+    return {seed: c[epoch][metric] for seed, c in curves[variant].items()}
+
+
+def epoch_paired(curves: Curves, task: Task, reference: str) -> dict[str, dict[str, dict]]:
+    """{variant: {metric: {epoch: `stats.paired_difference` from the reference}}} for every
+    variant but the reference, at every common epoch (variants with two seeds or more)."""
+    out = {}
+    for variant, runs in curves.items():
+        if variant == reference or len(runs) < 2:
+            continue
+        out[variant] = {k: {e: stats.paired_difference(
+            epoch_values(curves, variant, e, k), epoch_values(curves, reference, e, k),
+            k in task.lower_is_better) for e in common_epochs(curves)} for k in task.metrics}
+    return out
+
+
+def epoch_table(curves: Curves, task: Task, reference: str | None = None) -> str:
+    """Markdown: one row per epoch, each variant's scores of the task's metrics (mean ± std over
+    seeds), which variant leads by the selection metric's mean and, with several seeds, each
+    variant's paired difference from `reference` per metric with its verdict."""
+    names = list(curves)
+    epochs = common_epochs(curves)
+    if len(epochs) < 2:
+        return ""
+    reference = reference or names[0]
+    diffs = epoch_paired(curves, task, reference)
+    lead = task.selection
+    head = (["epoch"] + [f"{v} {TITLES[k]}" for k in task.metrics for v in names]
+            + [f"leads ({TITLES[lead]})"]
+            + [f"{v} − {reference} {TITLES[k]}" for v in diffs for k in task.metrics])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for e in epochs:
+        means = {v: {k: stats.interval(list(epoch_values(curves, v, e, k).values()))
+                     for k in task.metrics} for v in names}
+        cells = [f"{e:g}"] + [_cell(means[v][k]) for k in task.metrics for v in names]
+        pick = min if lead in task.lower_is_better else max
+        cells.append(pick(names, key=lambda v: means[v][lead]["mean"]))
+        cells += [f"{d[k][e]['mean']:+.4f} {_range(d[k][e])} {d[k][e]['verdict']}"
+                  for d in diffs.values() for k in task.metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def verdict_lines(curves: Curves, task: Task, reference: str) -> list[str]:
+    """One sentence per variant and metric: from which epoch on the paired interval says
+    "better" or "worse" than the reference at every later epoch, or that it does not."""
+    out = []
+    for variant, per_metric in epoch_paired(curves, task, reference).items():
+        for k, by_epoch in per_metric.items():
+            epochs = sorted(by_epoch)
+            last = by_epoch[epochs[-1]]["verdict"]
+            if last == stats.NO_DIFFERENCE:
+                out.append(f"{variant} vs {reference}, {TITLES[k]}: {last} at the last epoch "
+                           f"({epochs[-1]:g})")
+                continue
+            start = epochs[-1]
+            for e in reversed(epochs):
+                if by_epoch[e]["verdict"] != last:
+                    break
+                start = e
+            out.append(f"{variant} vs {reference}, {TITLES[k]}: {last} from epoch {start:g} on")
+    return out
+
+
+def _plt():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def curve_chart(curves: Curves, task: Task, path: str) -> bool:
+    """One panel per metric of `task.curve_metrics`: each seed's curve faint, each variant's
+    mean over seeds bold with its 95 % interval as a band; PNG. False without matplotlib."""
+    plt = _plt()
+    if plt is None:
+        return False
+    panels, lower_is_better = task.curve_metrics, task.lower_is_better
+    epochs = common_epochs(curves)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
+    for ax, key in zip(axes[0], panels, strict=True):
+        for i, variant in enumerate(curves):
+            color = f"C{i}"
+            for c in curves[variant].values():
+                ax.plot(epochs, [c[e][key] for e in epochs], color=color, alpha=0.25, lw=0.8)
+            ivs = [stats.interval(list(epoch_values(curves, variant, e, key).values()))
+                   for e in epochs]
+            ax.plot(epochs, [iv["mean"] for iv in ivs], color=color, marker="o", lw=2,
+                    label=f"{variant} (n={len(curves[variant])})")
+            if all(iv["low"] is not None for iv in ivs):
+                ax.fill_between(epochs, [iv["low"] for iv in ivs], [iv["high"] for iv in ivs],
+                                color=color, alpha=0.2)
+        ax.set_xlabel("epoch")
+        ax.set_title(TITLES[key] + (" (lower is better)" if key in lower_is_better else ""))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+def _save(fig, path: str) -> None:
+    """Writes a matplotlib figure to `path` as PNG atomically and closes it."""
+    import matplotlib.pyplot as plt
+
+    with files.atomic_write(path, "wb") as f:
+        fig.savefig(f, dpi=100, format="png")
+    plt.close(fig)
+
+
+def bar_chart(results: Runs, path: str) -> bool:
+    """Bars of each variant's mean (primary mask) with its 95 % interval, each seed a dot; PNG.
+    False without matplotlib."""
+    plt = _plt()
+    if plt is None:
+        return False
+    import numpy as np
+
+    names = list(results)
+    metric_names = task_of(results).metrics
+    x = np.arange(len(names))
+    shared_axis = metric_names == LOCALIZATION.metrics  # AP / F1 / IoU share one [0, 1] axis
+    fig, axes = plt.subplots(1, 1 if shared_axis else len(metric_names),
+                             figsize=(1.2 * len(names) + 2, 3.5), squeeze=False)
+    width = 0.27 if shared_axis else 0.6
+    for i, key in enumerate(metric_names):
+        ax = axes[0, 0 if shared_axis else i]
+        offset = (i - 1) * width if shared_axis else 0.0
+        values = [list(scores(results[n], primary_mask(next(iter(results[n].values()))),
+                              key).values()) for n in names]
+        ivs = [stats.interval(v) for v in values]
+        errors = [[0 if iv["low"] is None else iv["mean"] - iv["low"] for iv in ivs]] * 2
+        ax.bar(x + offset, [iv["mean"] for iv in ivs], width, yerr=errors, capsize=3,
+               label=TITLES[key] if shared_axis else None, color=f"C{i}" if shared_axis else "C0")
+        for j, v in enumerate(values):
+            ax.scatter([x[j] + offset] * len(v), v, s=8, color="k", zorder=3)
+        if not shared_axis:
+            ax.set_title(TITLES[key])
+            ax.set_xticks(x, names)
+    if shared_axis:
+        axes[0, 0].set_xticks(x, names)
+        axes[0, 0].set_ylim(0, 1)
+        axes[0, 0].legend(ncols=3, loc="upper left")
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+def report_json(results: Runs, curves: Curves, reference: str) -> dict:
+    """table.json: the reference, the confidence, and per variant its runs by seed, its
+    summary, its paired differences from the reference, and per epoch the same."""
+    task = task_of(results)
+    diffs = paired(results, reference, task)
+    per_epoch = epoch_paired(curves, task, reference) if len(common_epochs(curves)) >= 2 else {}
+    return {"reference": reference, "confidence": stats.CONFIDENCE, "arms": {
+        v: {"seeds": {str(s): r for s, r in runs.items()},
+            "summary": summary(runs, task.metrics),
+            "paired": diffs.get(v, {}),
+            "per_epoch_paired": {k: {f"{e:g}": d for e, d in by_e.items()}
+                                 for k, by_e in per_epoch.get(v, {}).items()}}
+        for v, runs in results.items()}}
+
+
+def write_report(results: Runs, curves: Curves, workdir: str, reference: str) -> str:
+    """Writes `<workdir>/table.md`, `table.json` and the charts; returns the markdown."""
+    task = task_of(results)
+    markdown = table(results)
+    intervals = interval_table(results, reference)
+    if intervals:
+        markdown += (f"\n95 % intervals over seeds (Student t), and the paired difference from "
+                     f"{reference} (same seed):\n\n" + intervals)
+    steps = iteration_table(results)
+    if steps:
+        markdown += "\nPer iteration (the RSR masks M^k):\n\n" + steps
+    has_curves = all(c for runs in curves.values() for c in runs.values())
+    per_epoch = epoch_table(curves, task, reference) if has_curves else ""
+    if per_epoch:
+        markdown += "\nPer epoch (validation during training):\n\n" + per_epoch
+        lines = verdict_lines(curves, task, reference)
+        if lines:
+            markdown += "\n" + "\n".join(f"- {line}" for line in lines) + "\n"
+    files.write_text(os.path.join(workdir, "table.md"), markdown)
+    files.write_json(os.path.join(workdir, "table.json"),
+                     report_json(results, curves if has_curves else {}, reference))
+    bar_chart(results, os.path.join(workdir, "chart.png"))
+    if per_epoch:
+        curve_chart(curves, task, os.path.join(workdir, "curves.png"))
+    return markdown
