@@ -77,6 +77,15 @@ def is_harmonizer(config) -> bool:
     return "real" in resolve_spec(config.model).task.batch_keys
 
 
+def seconds_per_call(fn, calls: int) -> float:
+    """Seconds per call of `fn` (which blocks until its result is ready), after one warm-up."""
+    fn()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t0) / calls
+
+
 def digest(*arrays: np.ndarray) -> str:
     """A short SHA-256 of arrays' bytes (to show that two processes saw the same inputs)."""
     h = hashlib.sha256()

@@ -13,10 +13,9 @@ the CPU kernels set, whatever the formulation (docs/performance.md, "What limits
 """
 
 import json
-import time
 
 from absl import app, flags
-from common import ROOT  # noqa: F401  (puts this checkout's jirl on sys.path)
+from common import seconds_per_call  # (common also puts this checkout's jirl on sys.path)
 
 flags.DEFINE_integer("batch", 8, "Batch of every conv.")
 flags.DEFINE_integer("calls", 4, "Timed calls per measurement (after one warm-up).")
@@ -51,14 +50,6 @@ GEMMS = ((32768, 1024, 128), (7688, 1152, 256), (32768, 256, 1024), (131072, 128
          (8192, 512, 512), (2048, 4096, 2048))
 
 
-def _seconds(fn, calls: int) -> float:
-    fn()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - t0) / calls
-
-
 def conv_row(where, k, stride, padding, size, cin, cout, batch, calls) -> dict:
     import jax
     import numpy as np
@@ -72,7 +63,7 @@ def conv_row(where, k, stride, padding, size, cin, cout, batch, calls) -> dict:
     ms = {}
     for name, conv in forms.items():
         fn = jax.jit(lambda x, w, conv=conv: conv(x, w, stride, padding, 1))
-        ms[name] = 1e3 * _seconds(lambda fn=fn: jax.block_until_ready(fn(x, kernel)), calls)
+        ms[name] = 1e3 * seconds_per_call(lambda fn=fn: jax.block_until_ready(fn(x, kernel)), calls)
     out = cpu_conv._output_size(size, k, stride, padding, 1)
     gflop = 2 * batch * out * out * k * k * cin * cout / 1e9
     chosen = "im2col" if cpu_conv._prefers_im2col(x.shape, kernel.shape, stride, padding, 1) else "xla"
@@ -96,7 +87,7 @@ def _torch_conv_ms(x, kernel, stride, padding, calls) -> float | None:
     xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
     wt = torch.from_numpy(kernel).permute(3, 2, 0, 1).contiguous()
     with torch.no_grad():
-        return 1e3 * _seconds(lambda: F.conv2d(xt, wt, stride=stride, padding=padding), calls)
+        return 1e3 * seconds_per_call(lambda: F.conv2d(xt, wt, stride=stride, padding=padding), calls)
 
 
 def gemm_row(m, k, n, calls) -> dict:
@@ -110,13 +101,13 @@ def gemm_row(m, k, n, calls) -> dict:
     gflop = 2 * m * k * n / 1e9
     dot = jax.jit(jnp.dot)
     row = {"row": "gemm", "m": m, "k": k, "n": n, "gflops_per_s": {
-        "xla": gflop / _seconds(lambda: jax.block_until_ready(dot(a, b)), calls)}}
+        "xla": gflop / seconds_per_call(lambda: jax.block_until_ready(dot(a, b)), calls)}}
     try:
         import torch
     except ImportError:
         return row
     at, bt = torch.from_numpy(a), torch.from_numpy(b)
-    row["gflops_per_s"]["torch"] = gflop / _seconds(lambda: torch.mm(at, bt), calls)
+    row["gflops_per_s"]["torch"] = gflop / seconds_per_call(lambda: torch.mm(at, bt), calls)
     return row
 
 

@@ -25,10 +25,9 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 from absl import app, flags
-from common import peak_rss_gb, random_batch, update_docs
+from common import peak_rss_gb, random_batch, seconds_per_call, update_docs
 
 SYSTEMS = ("dirl", "unet", "rsrnet", "madisnet", "rainnet")
 
@@ -54,15 +53,6 @@ def _flops(compiled) -> float:
     return float(cost.get("flops", 0.0))
 
 
-def _timed(fn, calls: int) -> float:
-    """Seconds per call of `fn` (which blocks until its result is ready), after one warm-up."""
-    fn()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - t0) / calls
-
-
 def peak_rows(dtypes: list[str], n: int) -> list[dict]:
     """The matmul peak per dtype, in XLA and in torch."""
     import jax
@@ -74,7 +64,7 @@ def peak_rows(dtypes: list[str], n: int) -> list[dict]:
         a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), dtype)
         dot = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
         compiled = dot.lower(a, a).compile()
-        seconds = _timed(lambda c=compiled, a=a: c(a, a).block_until_ready(), 5)
+        seconds = seconds_per_call(lambda c=compiled, a=a: c(a, a).block_until_ready(), 5)
         rows.append({"row": "peak", "framework": "xla", "dtype": dtype, "n": n,
                      "gflops_per_s": 2 * n**3 / seconds / 1e9})
         try:
@@ -83,7 +73,7 @@ def peak_rows(dtypes: list[str], n: int) -> list[dict]:
             continue
         t = torch.randn(n, n, dtype=getattr(torch, dtype))
         with torch.no_grad():
-            seconds = _timed(lambda t=t: torch.mm(t, t), 5)
+            seconds = seconds_per_call(lambda t=t: torch.mm(t, t), 5)
         rows.append({"row": "peak", "framework": "torch", "dtype": dtype, "n": n,
                      "gflops_per_s": 2 * n**3 / seconds / 1e9})
     return rows
