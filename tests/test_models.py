@@ -382,8 +382,10 @@ def test_im2col_conv_equals_xlas_conv_in_float64(k, stride, padding, dilation):
         ours = cpu_conv._conv_as_im2col(x, kernel, stride, padding, dilation)
         chex.assert_equal_shape([ours, ref])
         chex.assert_trees_all_close(ours, ref, rtol=1e-12, atol=1e-12)
-    assert cpu_conv._prefers_im2col(x.shape, kernel.shape, stride, padding, dilation)
-    assert not cpu_conv._prefers_im2col((2, 64, 64, 3), (3, 3, 3, 5), 1, 1, 1)
+    wide = (k, k, 128, 5)  # patches of k * k * 128 >= 1024 columns when k > 1
+    assert cpu_conv._prefers_im2col((*x.shape[:3], 128), wide, stride, padding, dilation)
+    assert cpu_conv._prefers_im2col(x.shape, kernel.shape, stride, padding, dilation) == (k == 1)
+    assert not cpu_conv._prefers_im2col((2, 64, 64, 128), (3, 3, 128, 5), 1, 1, 1)
     assert cpu_conv._prefers_im2col((2, 64, 64, 3), (1, 1, 3, 5), 1, 0, 1)
 
 

@@ -98,13 +98,14 @@ def _prefers_im2col(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], str
                     padding: int, dilation: int) -> bool:
     """Whether `_conv_as_im2col` beats XLA:CPU's conv (`python benchmarks/conv_kernels.py`
     measures both per layer shape): every 1x1 conv (a plain matrix product: 1.3-2x faster, e.g.
-    RainNet's attention gates), and any conv with at most 8 x 8 output pixels (RainNet's 4x4
-    encoder convs from 16 x 16 down to 1 x 1, up to 17x faster at 1 x 1, and its
-    discriminator's last three). On larger outputs XLA's spatial conv wins or ties."""
-    kh, kw = kernel_shape[:2]
+    RainNet's attention gates), and a conv with at most 8 x 8 output pixels whose patches are at
+    least 1024 wide (RainNet's 4x4 encoder convs from 16 x 16 down to 1 x 1, up to 17x faster at
+    1 x 1, and its discriminator's last three). Narrower patches (tiny test widths) compile
+    slower and run no faster as products; on larger outputs XLA's spatial conv wins or ties."""
+    kh, kw, cin = kernel_shape[:3]
     pixels = (_output_size(x_shape[1], kh, stride, padding, dilation)
               * _output_size(x_shape[2], kw, stride, padding, dilation))
-    return kh * kw == 1 or pixels <= 8 * 8
+    return kh * kw == 1 or (pixels <= 8 * 8 and kh * kw * cin >= 1024)
 
 
 def _conv_as_im2col(x: Array, kernel: Array, stride: int, padding: int, dilation: int) -> Array:
