@@ -6,7 +6,8 @@ CPU, `conv2d` therefore differentiates the kernel tap by tap as matrix products,
 input gradient of a strided (or 1x1) conv as a matrix product and an overlap-add, and runs an
 undifferentiated bf16 forward as bf16 x bf16 -> f32 matrix products per kernel tap, which use
 the CPU's bf16 units. Where XLA's own conv is slow for the shape (1x1 kernels, outputs of at
-most 8 x 8 pixels with wide patches: `_prefers_im2col`), the forward is one matrix product of the im2col patches.
+most 8 x 8 pixels with wide patches: `_prefers_im2col`), the forward is one matrix product of
+the im2col patches.
 The values are XLA's convolution's, up to float summation order; the speed-ups are measured by
 benchmarks/conv_kernels.py, benchmarks/train_step.py and benchmarks/compare_official.py
 (docs/performance.md).
