@@ -10,6 +10,7 @@ from jirl_testing import ROOT, run, subprocess_env
 from PIL import Image
 
 from jirl import ablation
+from jirl.runtime import configs
 from jirl.tasks import HARMONIZATION
 
 
@@ -96,6 +97,11 @@ def test_arms_and_overrides():
     assert list(arms) == [f"row{i}" for i in range(1, 10)]
     assert arms["row2"].endswith("rsrnet.py:quick,row2") and os.path.isabs(arms["row2"])
     assert list(ablation.arms("rainnet:quick")) == ["in", "rain"]
+    assert list(ablation.arms("madisnet:quick")) == ["ddm", "noddm"]
+    assert ablation.reference_arm("madisnet:quick", ["ddm", "noddm"]) == "noddm"
+    ddm = ablation.arm_config(ablation.arms("madisnet:quick")["ddm"])
+    assert ddm.to_dict() == configs.load("madisnet:quick").to_dict()
+    assert not ablation.arm_config(ablation.arms("madisnet:quick")["noddm"]).model.domain_encoder
     row1 = ablation.arm_config(arms["row1"], {"model.stem_features": 4, "seed": 3})
     assert (row1.model.name, row1.model.stem_features, row1.seed) == ("unet", 4, 3)
     with pytest.raises(ValueError, match=r"--config.model.ggd_ch: the variant .*row1 has no such key"):
@@ -256,6 +262,18 @@ def test_seeds_run_each_arm_per_seed_into_its_own_folder(tmp_path, monkeypatch):
                      ("rain/seed3", 3, "rain"), ("rain/seed5", 5, "rain")]
     assert {v: sorted(r) for v, r in results.items()} == {"in": [3, 5], "rain": [3, 5]}
     assert json.loads((tmp_path / "table.json").read_text())["reference"] == "in"
+    calls.clear()
+    named = ablation.named_arms(["rainnet:quick,rain", "plain=rainnet:quick,in"])
+    assert list(named) == ["rainnet_quick_rain", "plain"]
+    results = ablation.run_ablation(named, workdir=str(tmp_path / "named"), seeds=[1],
+                                    reference="plain")
+    assert calls == [("named/rainnet_quick_rain/seed1", 1, "rain"), ("named/plain/seed1", 1, "in")]
+    assert json.loads((tmp_path / "named" / "table.json").read_text())["reference"] == "plain"
+    for bad in (["dirl:quick", "dirl:quick"], ["a/b=dirl:quick"]):
+        with pytest.raises(ValueError, match="empty, has a '/' or is given twice"):
+            ablation.named_arms(bad)
+    with pytest.raises(ValueError, match="'row9' is not one of the arms"):
+        ablation.run_ablation(named, workdir=str(tmp_path), reference="row9")
     assert ablation.parse_seeds(["3"]) == [0, 1, 2] and ablation.parse_seeds(["4", "9"]) == [4, 9]
     assert ablation.parse_seeds([]) == []
     for bad, message in ((["0"], "at least 1"), (["a"], "count or a list"), (["2", "2"], "twice")):

@@ -19,6 +19,10 @@ over seeds; 95 % intervals and the paired difference of every arm from the refer
 a verdict; per epoch when the runs validated during training), `table.json`, and with
 matplotlib (`pip install 'jirl[plots]'`) `chart.png` and `curves.png`. The reference arm is
 `--reference`, else the config file's `REFERENCE`, else the first variant.
+
+Whole configs compare the same way, each arm named by its config (`named_arms`):
+
+    jirl ablation --arm dirl:quick --arm unet:quick --arm madisnet:quick,unet --seeds 3
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from jirl.runtime import configs
 from jirl.training.evaluate import evaluate_checkpoint
 from jirl.training.loop import train_and_evaluate
 
-__all__ = ["arms", "arm_config", "run_arm", "run_ablation", "parse_seeds", "reference_arm",
+__all__ = ["arms", "named_arms", "arm_config", "run_arm", "run_ablation", "parse_seeds", "reference_arm",
            "bar_chart", "curve_chart", "epoch_scores", "epoch_table", "interval_table",
            "iteration_table", "primary_mask", "table", "task_of", "write_report"]
 
@@ -70,6 +74,26 @@ def arms(config: str, variants: Sequence[str] = ()) -> dict[str, str]:
     if not names:
         raise ValueError(f"{config} defines no ROWS; pass the variants to compare")
     return {v: f"{path}:{_join(base, v)}" for v in names}
+
+
+def named_arms(arguments: Sequence[str]) -> dict[str, str]:
+    """{name: config argument} of whole configs compared as arms (`--arm`): "NAME=ARGUMENT", or
+    ARGUMENT named by its file and variants (dirl:quick -> dirl_quick, madisnet:quick,unet ->
+    madisnet_quick_unet). Raises ValueError for a name given twice or a config that is not
+    there."""
+    named: dict[str, str] = {}
+    for item in arguments:
+        name, equals, argument = item.partition("=")
+        if not equals:
+            argument = item
+            path, variant = configs.split(configs.resolve(item))
+            name = "_".join([os.path.splitext(os.path.basename(path))[0],
+                             *filter(None, (variant or "").split(","))])
+        if not name or name in named or os.sep in name:
+            raise ValueError(f"--arm {item!r}: the arm name {name!r} is empty, has a "
+                             f"{os.sep!r} or is given twice; name it with NAME=CONFIG")
+        named[name] = configs.resolve(argument)
+    return named
 
 
 def arm_config(argument: str, overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
@@ -139,14 +163,21 @@ def reference_arm(config: str, variants: Sequence[str], reference: str | None = 
     return chosen
 
 
-def run_ablation(config: str, variants: Sequence[str] = (), *, workdir: str,
+def run_ablation(config: str | Mapping[str, str], variants: Sequence[str] = (), *, workdir: str,
                  overrides: Mapping[str, Any] | None = None, seeds: Sequence[int] = (),
                  reference: str | None = None) -> dict[str, dict[int, dict]]:
-    """Every arm of `config` (`arms`), once per seed (`seeds`; none: once with config.seed),
-    trained, scored and written by `run_arm`, then `write_report`; returns {variant: {seed:
-    eval.json}}."""
-    arguments = arms(config, variants)
-    ref = reference_arm(config, list(arguments), reference)
+    """Every arm, once per seed (`seeds`; none: once with config.seed), trained, scored and
+    written by `run_arm`, then `write_report`; returns {variant: {seed: eval.json}}. The arms
+    are the variants of `config` (`arms`) or, for a mapping, {name: config argument}
+    (`named_arms`), the first of which is the default reference."""
+    if isinstance(config, str):
+        arguments = arms(config, variants)
+        ref = reference_arm(config, list(arguments), reference)
+    else:
+        arguments = dict(config)
+        ref = reference or next(iter(arguments))
+        if ref not in arguments:
+            raise ValueError(f"--reference {ref!r} is not one of the arms {list(arguments)}")
     results: dict[str, dict[int, dict]] = {}
     curves: dict[str, dict[int, dict]] = {}
     for variant, argument in arguments.items():

@@ -4,8 +4,10 @@ this process, then tabulate them; see `jirl.ablation`.
   jirl ablation --config rsrnet:quick --workdir runs/rsrnet_table2
   jirl ablation --config rainnet:quick --seeds 5          # seeds 0..4, RAIN paired with IN
   jirl ablation --config rsrnet:quick --variants row2,row9 --seeds 0,1,2 --reference row9
+  jirl ablation --arm dirl:quick --arm unet:quick --seeds 3 --workdir runs/quick_table
 
---config.key=value overrides apply to every variant.
+--config.key=value overrides apply to every variant; --arm compares whole configs instead (each
+named by its config, or NAME=CONFIG), with the --dtype / --batch_size shorthands for all of them.
 """
 
 from __future__ import annotations
@@ -29,7 +31,11 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     jflags.define_config_flag(lock_config=False, help_text=(
         "The config whose variants are compared, with the base variant: rsrnet:quick, "
-        "rainnet:quick, or a file (FILE[:variant]); --config.key=value overrides every variant."))
+        "rainnet:quick, or a file (FILE[:variant]); --config.key=value overrides every variant."),
+        required=False)
+    flags.DEFINE_multi_string("arm", [], "A whole config to compare (instead of --config's "
+                              "variants), once per arm: CONFIG (named by it: dirl:quick -> "
+                              "dirl_quick) or NAME=CONFIG; the first is the default reference.")
     flags.DEFINE_list("variants", [], "The variants to compare (default: the config's ROWS).")
     flags.DEFINE_list("seeds", [], "Train every variant once per seed: a count N (seeds 0..N-1) "
                       "or a list of seeds (default: once, with config.seed).")
@@ -48,14 +54,27 @@ def overrides() -> dict:
             **jflags.shorthand_values({"dtype": "dtype", "batch_size": "batch_size"})}
 
 
-def main(argv: list[str]) -> None:
-    jflags.begin(argv, join_processes=True)
+def _compared() -> tuple[str | dict[str, str], str]:
+    """What the flags compare (--config's file and variants, or the --arm configs) and the
+    workdir. Raises ValueError for both, or neither."""
+    if FLAGS.arm:
+        if FLAGS.config is not None or FLAGS.variants:
+            raise ValueError("give --config (and --variants) or --arm, not both")
+        return ablation.named_arms(FLAGS.arm), FLAGS.workdir or os.path.join("runs", "ablation")
+    if FLAGS.config is None:
+        raise ValueError("give --config (a config with ROWS, e.g. rsrnet:quick) or --arm CONFIG "
+                         "for each config to compare")
     argument = config_flags.get_config_filename(FLAGS["config"])
     stem = os.path.splitext(os.path.basename(configs.split(argument)[0]))[0]
-    workdir = FLAGS.workdir or os.path.join("runs", f"{stem}_ablation")
+    return argument, FLAGS.workdir or os.path.join("runs", f"{stem}_ablation")
+
+
+def main(argv: list[str]) -> None:
+    jflags.begin(argv, join_processes=True)
     try:
+        compared, workdir = _compared()
         results = ablation.run_ablation(
-            argument, FLAGS.variants, workdir=workdir, overrides=overrides(),
+            compared, FLAGS.variants, workdir=workdir, overrides=overrides(),
             seeds=ablation.parse_seeds(FLAGS.seeds), reference=FLAGS.reference)
     except (CheckpointError, ValueError) as e:
         sys.exit(f"ablation: {e}")
