@@ -202,10 +202,18 @@ def test_intervals_and_paired_differences_match_scipy_and_the_t_table():
         stats.paired_difference({7: 0.1}, REF, False)
 
 
-def _harmonizer_run(mse, psnr):
+def _harmonizer_run(mse, psnr, small_mse=None):
+    """An eval.json of 8 images; with `small_mse`, 5 of them in the 5-15 % foreground bin and 3
+    in the 15-100 % one (and a "synthetic" subset of all 8, which splits nothing)."""
+    def row(m, n):
+        return {"mse": m, "psnr": psnr, "fmse": 10 * m, "fg_ratio": 0.1, "count": n}
+
+    rows = {"all": row(mse, 8)}
+    if small_mse is not None:
+        rows.update({"synthetic": row(mse, 8), "fg 5-15%": row(small_mse, 5),
+                     "fg 15-100%": row((8 * mse - 5 * small_mse) / 3, 3)})
     return {"model": "rainnet", "task": "harmonization", "wall_seconds": 60.0,
-            "results": {"harmonized": {"all": {"mse": mse, "psnr": psnr, "fmse": 10 * mse,
-                                               "fg_ratio": 0.1, "count": 8}}}}
+            "results": {"harmonized": rows}}
 
 
 def test_report_over_seeds_has_intervals_paired_verdicts_per_epoch_and_band_charts(tmp_path):
@@ -215,8 +223,10 @@ def test_report_over_seeds_has_intervals_paired_verdicts_per_epoch_and_band_char
     from jirl.ablation import report, stats
 
     seeds = (0, 1, 2)
-    results = {"in": {s: _harmonizer_run(100.0 + 10 * s, 30.0 + s) for s in seeds},
-               "rain": {s: _harmonizer_run(90.0 + 10 * s + s * s, 30.0 + s) for s in seeds}}
+    # RAIN: lower MSE overall, higher on the small foregrounds, so lower on the large ones
+    results = {"in": {s: _harmonizer_run(100.0 + 10 * s, 30.0 + s, 50.0 + s) for s in seeds},
+               "rain": {s: _harmonizer_run(90.0 + 10 * s + s * s, 30.0 + s, 55.0 + 1.2 * s)
+                        for s in seeds}}
     # per epoch: RAIN's MSE ties IN's at epoch 1 (+-1), then is 5 below at every seed
     curves = {"in": {s: {float(e): {"mse": 100.0 - 10 * e + s, "psnr": 30.0 + e + 0.1 * s,
                                     "fmse": 500.0} for e in (1, 2, 3)} for s in seeds},
@@ -231,6 +241,18 @@ def test_report_over_seeds_has_intervals_paired_verdicts_per_epoch_and_band_char
     assert f"{expected['mean']:+.4f}" in rows["rain/MSE"] and "(reference)" in rows["in/MSE"]
     assert rows["rain/MSE"].rstrip(" |").endswith(expected["verdict"])
     assert "| in | rainnet | 3 | 110.0000 ± 10.0000" in markdown
+    split = {(line.split(" | ")[0].lstrip("| "), line.split(" | ")[3]): line
+             for line in report.subset_table(results, "in").splitlines()[2:]}
+    assert {subset for subset, _ in split} == {"fg 5-15%", "fg 15-100%"}  # not "synthetic"
+    small = stats.paired_difference({s: 55.0 + 1.2 * s for s in seeds},
+                                    {s: 50.0 + s for s in seeds}, True)
+    large = stats.paired_difference(
+        {s: (8 * (90.0 + 10 * s + s * s) - 5 * (55.0 + 1.2 * s)) / 3 for s in seeds},
+        {s: (8 * (100.0 + 10 * s) - 5 * (50.0 + s)) / 3 for s in seeds}, True)
+    assert (small["verdict"], large["verdict"]) == ("worse", "better")
+    for key, d in ((("fg 5-15%", "MSE"), small), (("fg 15-100%", "MSE"), large)):
+        assert f"| {d['mean']:+.4f} | [{d['low']:.4f}, {d['high']:.4f}] | {d['verdict']} |" in split[key]
+    assert "By subset of the split" in markdown and "| fg 5-15% | 5 | rain | MSE |" in markdown
     lines = report.verdict_lines(curves, HARMONIZATION, "in")
     assert "rain vs in, MSE: better from epoch 2 on" in lines
     assert "rain vs in, PSNR: no difference measured at the last epoch (3)" in lines
@@ -243,6 +265,8 @@ def test_report_over_seeds_has_intervals_paired_verdicts_per_epoch_and_band_char
     assert saved["arms"]["rain"]["paired"]["mse"]["verdict"] == expected["verdict"]
     assert saved["arms"]["rain"]["per_epoch_paired"]["mse"]["2"]["verdict"] == "better"
     assert saved["arms"]["in"]["summary"]["harmonized"]["mse"]["n"] == 3
+    assert saved["arms"]["rain"]["paired_by_subset"]["fg 15-100%"]["mse"]["mean"] == pytest.approx(
+        large["mean"], rel=1e-12)
     for chart in ("chart.png", "curves.png"):
         assert np.asarray(Image.open(tmp_path / chart)).shape[0] == 350
 

@@ -4,8 +4,8 @@
 {metric: value}}}} (`epoch_scores` of each run's metrics.jsonl). With one seed per arm the tables
 show the values as they are; with several, each cell is mean ± std over seeds, the intervals
 table gives the 95 % Student t interval of each arm's mean and of its paired difference from the
-reference arm (the same seed in both) with a verdict, and the per-epoch table does the same
-epoch by epoch.
+reference arm (the same seed in both) with a verdict, the subset table does the same on each part
+of the split (foreground-size bins, sub-datasets), and the per-epoch table epoch by epoch.
 """
 
 from __future__ import annotations
@@ -48,10 +48,21 @@ def primary_mask(result: dict) -> str:
     return get_spec(result["model"]).primary_mask  # an eval.json from before it recorded it
 
 
-def scores(runs: Mapping[int, dict], mask: str, metric: str) -> dict[int, float]:
-    """{seed: the metric of `mask` on the whole split} over the seeds that scored it."""
-    return {seed: r["results"][mask]["all"][metric] for seed, r in runs.items()
-            if mask in r["results"]}
+def scores(runs: Mapping[int, dict], mask: str, metric: str,
+           subset: str = "all") -> dict[int, float]:
+    """{seed: the metric of `mask` on `subset` of the split ("all": the whole split)} over the
+    seeds that scored it."""
+    return {seed: r["results"][mask][subset][metric] for seed, r in runs.items()
+            if subset in r["results"].get(mask, {})}
+
+
+def subsets(results: Runs) -> list[str]:
+    """The subsets that split the scored split (foreground-size bins, iHarmony4's sub-datasets):
+    those of the first run's primary mask with fewer images than "all"."""
+    first = _runs(results)[0]
+    rows = first["results"][primary_mask(first)]
+    return [s for s, row in rows.items()
+            if s != "all" and row.get("count", 0) < rows["all"].get("count", 0)]
 
 
 def summary(runs: Mapping[int, dict], metrics: tuple[str, ...]) -> dict[str, dict[str, dict]]:
@@ -61,9 +72,10 @@ def summary(runs: Mapping[int, dict], metrics: tuple[str, ...]) -> dict[str, dic
             for m in masks}
 
 
-def paired(results: Runs, reference: str, task: Task) -> dict[str, dict[str, dict]]:
+def paired(results: Runs, reference: str, task: Task,
+           subset: str = "all") -> dict[str, dict[str, dict]]:
     """{variant: {metric: `stats.paired_difference` from the reference}} on each arm's primary
-    mask (every arm but the reference; empty with one seed)."""
+    mask over `subset` of the split (every arm but the reference; empty with one seed)."""
     ref = results[reference]
     ref_mask = primary_mask(next(iter(ref.values())))
     out = {}
@@ -71,7 +83,8 @@ def paired(results: Runs, reference: str, task: Task) -> dict[str, dict[str, dic
         if variant == reference or len(runs) < 2:
             continue
         mask = primary_mask(next(iter(runs.values())))
-        out[variant] = {k: stats.paired_difference(scores(runs, mask, k), scores(ref, ref_mask, k),
+        out[variant] = {k: stats.paired_difference(scores(runs, mask, k, subset),
+                                                   scores(ref, ref_mask, k, subset),
                                                    k in task.lower_is_better)
                         for k in task.metrics}
     return out
@@ -124,6 +137,26 @@ def interval_table(results: Runs, reference: str) -> str:
                     else ["(reference)" if variant == reference else "", "", "", ""])
             lines.append("| " + " | ".join([variant, TITLES[k], _cell(iv), _range(iv), *tail])
                          + " |")
+    return "\n".join(lines) + "\n"
+
+
+def subset_table(results: Runs, reference: str) -> str:
+    """Markdown: per subset of the split (`subsets`), its images, and each variant's paired
+    difference from `reference` per metric with its interval and verdict. Empty without
+    subsets or with one seed."""
+    task = task_of(results)
+    by_subset = {s: paired(results, reference, task, s) for s in subsets(results)}
+    if not any(by_subset.values()):
+        return ""
+    lines = [f"| subset | images | variant | metric | − {reference} (paired) | 95 % interval | "
+             "verdict |", "|---|---|---|---|---|---|---|"]
+    first = _runs(results)[0]
+    rows = first["results"][primary_mask(first)]
+    for subset, diffs in by_subset.items():
+        for variant, per_metric in diffs.items():
+            for k, d in per_metric.items():
+                lines.append(f"| {subset} | {rows[subset]['count']} | {variant} | {TITLES[k]} | "
+                             f"{d['mean']:+.4f} | {_range(d)} | {d['verdict']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -332,11 +365,13 @@ def report_json(results: Runs, curves: Curves, reference: str) -> dict:
     summary, its paired differences from the reference, and per epoch the same."""
     task = task_of(results)
     diffs = paired(results, reference, task)
+    by_subset = {s: paired(results, reference, task, s) for s in subsets(results)}
     per_epoch = epoch_paired(curves, task, reference) if len(common_epochs(curves)) >= 2 else {}
     return {"reference": reference, "confidence": stats.CONFIDENCE, "arms": {
         v: {"seeds": {str(s): r for s, r in runs.items()},
             "summary": summary(runs, task.metrics),
             "paired": diffs.get(v, {}),
+            "paired_by_subset": {s: d[v] for s, d in by_subset.items() if v in d},
             "per_epoch_paired": {k: {f"{e:g}": d for e, d in by_e.items()}
                                  for k, by_e in per_epoch.get(v, {}).items()}}
         for v, runs in results.items()}}
@@ -350,6 +385,10 @@ def write_report(results: Runs, curves: Curves, workdir: str, reference: str) ->
     if intervals:
         markdown += (f"\n95 % intervals over seeds (Student t), and the paired difference from "
                      f"{reference} (same seed):\n\n" + intervals)
+    split = subset_table(results, reference)
+    if split:
+        markdown += ("\nBy subset of the split (foreground size, sub-dataset), the paired "
+                     f"difference from {reference}:\n\n" + split)
     steps = iteration_table(results)
     if steps:
         markdown += "\nPer iteration (the RSR masks M^k):\n\n" + steps
