@@ -152,7 +152,9 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
     env = subprocess_env(1)
     for args, message in ((["--config", "nope:quick"], "no config file 'nope'"),
                           (["--config", os.path.join(ROOT, "configs", "dirl.py:quick")],
-                           "defines no ROWS")):
+                           "defines no ROWS"),
+                          (["--arm", "dirl:quick", "--config", "dirl:quick"], "--arm, not both"),
+                          ([], "give --config (a config with ROWS")):
         proc = run(["-m", "jirl.ablation", *args, "--workdir", str(tmp_path)], env, check=False,
                    cwd=str(tmp_path))
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
