@@ -50,7 +50,8 @@ def define_flags() -> None:
 
 def overrides() -> dict:
     """The --config.key=value overrides and the --dtype / --batch_size shorthands, for every arm."""
-    return {**config_flags.get_override_values(FLAGS["config"]),
+    given = FLAGS.config is not None  # --arm runs have no --config to override
+    return {**(config_flags.get_override_values(FLAGS["config"]) if given else {}),
             **jflags.shorthand_values({"dtype": "dtype", "batch_size": "batch_size"})}
 
 
