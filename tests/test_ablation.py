@@ -159,9 +159,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
     env = subprocess_env(1)
     for args, message in ((["--config", "nope:quick"], "no config file 'nope'"),
                           (["--config", os.path.join(ROOT, "configs", "dirl.py:quick")],
-                           "defines no ROWS"),
-                          (["--arm", "dirl:quick", "--config", "dirl:quick"], "--arm, not both"),
-                          ([], "give --config (a config with ROWS")):
+                           "defines no ROWS")):
         proc = run(["-m", "jirl.ablation", *args, "--workdir", str(tmp_path)], env, check=False,
                    cwd=str(tmp_path))
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
@@ -316,3 +314,20 @@ def test_seeds_run_each_arm_per_seed_into_its_own_folder(tmp_path, monkeypatch):
     assert ablation.reference_arm("rsrnet:quick", ["row2", "row1"]) == "row2"
     with pytest.raises(ValueError, match="--reference 'row7' is not one of the variants"):
         ablation.reference_arm("rsrnet:quick", ["row2", "row1"], "row7")
+
+
+def test_the_command_compares_a_configs_variants_or_whole_configs():
+    """`jirl ablation` takes --config (and --variants) or --arm, not both and not neither; the
+    default workdir follows."""
+    from jirl.ablation.__main__ import compared
+
+    assert compared([], "x/rsrnet.py:quick", [], None) == ("x/rsrnet.py:quick",
+                                                          os.path.join("runs", "rsrnet_ablation"))
+    named, workdir = compared(["dirl:quick", "u=unet:quick"], None, [], "w")
+    assert list(named) == ["dirl_quick", "u"] and workdir == "w"
+    for arms, config, variants, message in (
+            (["dirl:quick"], "dirl:quick", [], "--arm, not both"),
+            (["dirl:quick"], None, ["row2"], "--arm, not both"),
+            ([], None, [], "give --config")):
+        with pytest.raises(ValueError, match=message):
+            compared(arms, config, variants, None)

@@ -55,27 +55,29 @@ def overrides() -> dict:
             **jflags.shorthand_values({"dtype": "dtype", "batch_size": "batch_size"})}
 
 
-def _compared() -> tuple[str | dict[str, str], str]:
-    """What the flags compare (--config's file and variants, or the --arm configs) and the
+def compared(arms: list[str], config: str | None, variants: list[str],
+             workdir: str | None) -> tuple[str | dict[str, str], str]:
+    """What the flags compare (`config`'s file and variants, or the `arms` configs) and the
     workdir. Raises ValueError for both, or neither."""
-    if FLAGS.arm:
-        if FLAGS.config is not None or FLAGS.variants:
+    if arms:
+        if config is not None or variants:
             raise ValueError("give --config (and --variants) or --arm, not both")
-        return ablation.named_arms(FLAGS.arm), FLAGS.workdir or os.path.join("runs", "ablation")
-    if FLAGS.config is None:
+        return ablation.named_arms(arms), workdir or os.path.join("runs", "ablation")
+    if config is None:
         raise ValueError("give --config (a config with ROWS, e.g. rsrnet:quick) or --arm CONFIG "
                          "for each config to compare")
-    argument = config_flags.get_config_filename(FLAGS["config"])
-    stem = os.path.splitext(os.path.basename(configs.split(argument)[0]))[0]
-    return argument, FLAGS.workdir or os.path.join("runs", f"{stem}_ablation")
+    stem = os.path.splitext(os.path.basename(configs.split(config)[0]))[0]
+    return config, workdir or os.path.join("runs", f"{stem}_ablation")
 
 
 def main(argv: list[str]) -> None:
     jflags.begin(argv, join_processes=True)
     try:
-        compared, workdir = _compared()
+        argument = (None if FLAGS.config is None
+                    else config_flags.get_config_filename(FLAGS["config"]))
+        what, workdir = compared(FLAGS.arm, argument, FLAGS.variants, FLAGS.workdir)
         results = ablation.run_ablation(
-            compared, FLAGS.variants, workdir=workdir, overrides=overrides(),
+            what, FLAGS.variants, workdir=workdir, overrides=overrides(),
             seeds=ablation.parse_seeds(FLAGS.seeds), reference=FLAGS.reference)
     except (CheckpointError, ValueError) as e:
         sys.exit(f"ablation: {e}")
