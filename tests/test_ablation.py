@@ -303,6 +303,21 @@ def test_seeds_run_each_arm_per_seed_into_its_own_folder(tmp_path, monkeypatch):
             ablation.named_arms(bad)
     with pytest.raises(ValueError, match="'row9' is not one of the arms"):
         ablation.run_ablation(named, workdir=str(tmp_path), reference="row9")
+    # train=False: the scored runs only (rain has seed 1 alone), read by the real run_arm (which
+    # would train the missing ones)
+    monkeypatch.undo()
+    for arm, seeds in (("plain", (1, 2)), ("rainnet_quick_rain", (1,))):
+        for seed in seeds:
+            (tmp_path / "named" / arm / f"seed{seed}").mkdir(parents=True, exist_ok=True)
+            (tmp_path / "named" / arm / f"seed{seed}" / "eval.json").write_text(
+                json.dumps(_harmonizer_run(50.0 + seed, 30.0)))
+    shown = ablation.run_ablation(named, workdir=str(tmp_path / "named"), seeds=[1, 2, 3],
+                                  reference="plain", train=False)
+    assert {v: sorted(r) for v, r in shown.items()} == {"rainnet_quick_rain": [1], "plain": [1, 2]}
+    assert shown["plain"][2] == _harmonizer_run(52.0, 30.0)
+    with pytest.raises(ValueError, match="the reference 'plain' has no scored run"):
+        ablation.run_ablation(named, workdir=str(tmp_path / "empty"), seeds=[1], reference="plain",
+                              train=False)
     assert ablation.parse_seeds(["3"]) == [0, 1, 2] and ablation.parse_seeds(["4", "9"]) == [4, 9]
     assert ablation.parse_seeds([]) == []
     for bad, message in ((["0"], "at least 1"), (["a"], "count or a list"), (["2", "2"], "twice")):

@@ -165,11 +165,13 @@ def reference_arm(config: str, variants: Sequence[str], reference: str | None = 
 
 def run_ablation(config: str | Mapping[str, str], variants: Sequence[str] = (), *, workdir: str,
                  overrides: Mapping[str, Any] | None = None, seeds: Sequence[int] = (),
-                 reference: str | None = None) -> dict[str, dict[int, dict]]:
+                 reference: str | None = None, train: bool = True) -> dict[str, dict[int, dict]]:
     """Every arm, once per seed (`seeds`; none: once with config.seed), trained, scored and
     written by `run_arm`, then `write_report`; returns {variant: {seed: eval.json}}. The arms
     are the variants of `config` (`arms`) or, for a mapping, {name: config argument}
-    (`named_arms`), the first of which is the default reference."""
+    (`named_arms`), the first of which is the default reference. `train=False` tabulates the
+    runs already scored and trains nothing (an ablation still running elsewhere); raises
+    ValueError when the reference has none."""
     if isinstance(config, str):
         arguments = arms(config, variants)
         ref = reference_arm(config, list(arguments), reference)
@@ -186,8 +188,14 @@ def run_ablation(config: str | Mapping[str, str], variants: Sequence[str] = (), 
             arm_overrides = {**(overrides or {}), **({} if seed is None else {"seed": seed})}
             arm = arm_config(argument, arm_overrides)
             run_dir = os.path.join(workdir, variant, *([] if seed is None else [f"seed{seed}"]))
+            if not train and not os.path.exists(os.path.join(run_dir, RESULTS)):
+                continue
             results[variant][int(arm.seed)] = run_arm(arm, run_dir)
             curves[variant][int(arm.seed)] = epoch_scores(run_dir)
+    if not results[ref]:
+        raise ValueError(f"the reference {ref!r} has no scored run in {workdir}")
+    results = {v: runs for v, runs in results.items() if runs}
+    curves = {v: curves[v] for v in results}
     if jax.process_index() == 0:
         write_report(results, curves, workdir, ref)
     return results

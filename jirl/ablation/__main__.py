@@ -39,6 +39,8 @@ def define_flags() -> None:
     flags.DEFINE_list("variants", [], "The variants to compare (default: the config's ROWS).")
     flags.DEFINE_list("seeds", [], "Train every variant once per seed: a count N (seeds 0..N-1) "
                       "or a list of seeds (default: once, with config.seed).")
+    flags.DEFINE_bool("report_only", False, "Tabulate the runs already scored in --workdir and "
+                      "train nothing (e.g. while the ablation still runs elsewhere).")
     flags.DEFINE_string("reference", None, "The variant the others are compared with, seed by "
                         "seed (default: the config's REFERENCE, else the first variant).")
     jflags.define_dtype_flag(DTYPES, None, "Compute dtype of every variant (= config.dtype).")
@@ -78,7 +80,8 @@ def main(argv: list[str]) -> None:
         what, workdir = compared(FLAGS.arm, argument, FLAGS.variants, FLAGS.workdir)
         results = ablation.run_ablation(
             what, FLAGS.variants, workdir=workdir, overrides=overrides(),
-            seeds=ablation.parse_seeds(FLAGS.seeds), reference=FLAGS.reference)
+            seeds=ablation.parse_seeds(FLAGS.seeds), reference=FLAGS.reference,
+            train=not FLAGS.report_only)
     except (CheckpointError, ValueError) as e:
         sys.exit(f"ablation: {e}")
     if jax.process_index() != 0:
