@@ -344,3 +344,19 @@ def test_the_command_compares_a_configs_variants_or_whole_configs():
             ([], None, [], "give --config")):
         with pytest.raises(ValueError, match=message):
             compared(arms, config, variants, None)
+
+
+def test_a_preempted_run_is_not_scored(tmp_path, monkeypatch):
+    """A SIGTERM during an arm's training stops the ablation with its checkpoint saved and no
+    eval.json, so the rerun resumes that run instead of taking it as finished."""
+    from jirl.training.loop import Preempted
+
+    def preempted(config, workdir, *, raise_on_preemption=False):
+        assert raise_on_preemption  # without it the loop returns early, as if finished
+        raise Preempted(f"SIGTERM: {workdir} saved step 5 of 9 and stopped; run again to resume")
+
+    monkeypatch.setattr(ablation, "train_and_evaluate", preempted)
+    arm = ablation.arm_config(ablation.arms("rainnet:quick")["in"])
+    with pytest.raises(Preempted, match="saved step 5 of 9"):
+        ablation.run_arm(arm, str(tmp_path / "in"))
+    assert not (tmp_path / "in" / "eval.json").exists()

@@ -118,7 +118,7 @@ def run_arm(config: ml_collections.ConfigDict, workdir: str) -> dict:
     result_file = os.path.join(workdir, RESULTS)
     if not os.path.exists(result_file):
         start = time.time()
-        train_and_evaluate(config, workdir)
+        train_and_evaluate(config, workdir, raise_on_preemption=True)  # preempted: no eval.json
         scoring = ml_collections.ConfigDict(config.to_dict())
         scoring.eval.per_iteration = resolve_spec(config.model).step_masks is not None
         payload = evaluate_checkpoint(scoring, workdir)

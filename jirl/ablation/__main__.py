@@ -24,6 +24,7 @@ from jirl.models import DTYPES
 from jirl.runtime import configs, distributed
 from jirl.runtime import flags as jflags
 from jirl.runtime.checkpoints import CheckpointError
+from jirl.training.loop import Preempted
 
 FLAGS = flags.FLAGS
 
@@ -82,6 +83,9 @@ def main(argv: list[str]) -> None:
             what, FLAGS.variants, workdir=workdir, overrides=overrides(),
             seeds=ablation.parse_seeds(FLAGS.seeds), reference=FLAGS.reference,
             train=not FLAGS.report_only)
+    except Preempted as e:  # the checkpoint is saved; the rerun resumes this run
+        print(f"ablation: {e}")
+        return
     except (CheckpointError, ValueError) as e:
         sys.exit(f"ablation: {e}")
     if jax.process_index() != 0:

@@ -31,6 +31,11 @@ class NonFiniteLossError(FloatingPointError):
     """Raised when a training step produced a NaN or infinite loss or gradient."""
 
 
+class Preempted(RuntimeError):
+    """Training stopped at a SIGTERM after saving its checkpoint (`train_and_evaluate` with
+    `raise_on_preemption`): the run is not finished, and resumes from that checkpoint."""
+
+
 class Schedule:
     """Step counts derived from the config: total steps and the logging/eval/checkpoint periods."""
 
@@ -151,13 +156,16 @@ def _initial_state(config: ml_collections.ConfigDict, spec, state: TrainState,
     return jax.device_put(state.replace(**variables), jmesh.replicated(mesh)), -1.0
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       raise_on_preemption: bool = False) -> dict:
     """Trains `config.model` on `config.data`, checkpointing into and resuming from `workdir`.
 
     Validation runs on `config.eval.validation_split` ("val", carved from the training data, by
     default), is logged as `<split>/ap|f1|iou` (a harmonizer: `<split>/mse|psnr|fmse`, with a few
     composite | harmonized | real images in TensorBoard) and picks the best checkpoint by IoU
-    (PSNR). Returns the last validation results ({} if validation never ran).
+    (PSNR). Returns the last validation results ({} if validation never ran). A SIGTERM saves
+    a checkpoint and returns early, or with `raise_on_preemption` raises `Preempted` (for a
+    caller that would otherwise take the run as finished).
     """
     files.path(workdir).mkdir(parents=True, exist_ok=True)
     mesh = jmesh.make_mesh()
@@ -244,6 +252,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                              _meta(config, step, best))
                 if preempted:
                     tqdm.write(f"SIGTERM: saved a checkpoint at step {step}; exiting")
+                    if raise_on_preemption:
+                        raise Preempted(f"SIGTERM: {workdir} saved step {step} of {sched.total} "
+                                        "and stopped; run again to resume")
                     break
     finally:
         bar.close()
