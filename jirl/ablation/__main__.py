@@ -47,7 +47,7 @@ def define_flags() -> None:
     jflags.define_dtype_flag(DTYPES, None, "Compute dtype of every variant (= config.dtype).")
     jflags.define_batch_size_flag("Global batch of every variant (= config.batch_size).")
     flags.DEFINE_string("workdir", None, "Where each variant trains (<workdir>/<variant>) and the "
-                        "tables go. Default: runs/<config>_ablation.")
+                        "tables go. Default: runs/<config>_ablation (with --arm: runs/ablation).")
     distributed.define_flags()
 
 
