@@ -207,6 +207,32 @@ def test_intervals_and_paired_differences_match_scipy_and_the_t_table():
         stats.paired_difference({7: 0.1}, REF, False)
 
 
+def test_the_last_iteration_is_paired_with_the_first_over_seeds(tmp_path):
+    """An iterative model over 3 seeds: table.md and table.json give M^k − M^1 per seed (the
+    same run), with scipy's paired t interval and a verdict."""
+    from scipy import stats as scipy_stats
+
+    from jirl.ablation import report
+
+    first, last = {0: 0.30, 1: 0.34, 2: 0.31}, {0: 0.32, 1: 0.35, 2: 0.34}
+    results = {"row9": {s: {"model": "rsrnet", "wall_seconds": 60.0, "results": {
+        "M^1": _scores(0.5, 0.4, first[s]), "M^2": _scores(0.5, 0.4, 0.5 * (first[s] + last[s])),
+        "M^3": _scores(0.5, 0.4, last[s]), "M_fnl": _scores(0.6, 0.5, 0.4)}} for s in first}}
+    low, high = scipy_stats.ttest_rel(list(last.values()), list(first.values())).confidence_interval()
+    d = report.iteration_paired(results)["row9"]["iou"]["M^3"]
+    assert d["n"] == 3 and abs(d["low"] - low) < 1e-12 and abs(d["high"] - high) < 1e-12
+    assert d["verdict"] == ("better" if low > 0 else "no difference measured")
+    assert list(report.iteration_paired(results)["row9"]["iou"]) == ["M^2", "M^3"]
+    assert report.iteration_paired(results)["row9"]["ap"]["M^3"]["verdict"] == "no difference measured"
+    markdown = report.write_report(results, {"row9": {s: {} for s in first}}, str(tmp_path), "row9")
+    row = f"| row9 | IoU | M^3: {d['mean']:+.4f} | [{low:.4f}, {high:.4f}] | 3 | {d['verdict']} |"
+    assert row in markdown
+    saved = json.loads((tmp_path / "table.json").read_text())
+    assert saved["arms"]["row9"]["per_iteration_paired"]["iou"]["M^2"]["seeds"] == [0, 1, 2]
+    one_seed = {"row9": {0: results["row9"][0]}}
+    assert report.iteration_paired(one_seed) == {} and report.iteration_gain_table(one_seed) == ""
+
+
 def _harmonizer_run(mse, psnr, small_mse=None):
     """An eval.json of 8 images; with `small_mse`, 5 of them in the 5-15 % foreground bin and 3
     in the 15-100 % one (and a "synthetic" subset of all 8, which splits nothing)."""

@@ -28,6 +28,11 @@ def _is_step(mask: str) -> bool:
     return mask.startswith("M^")
 
 
+def _steps(result: dict) -> list[str]:
+    """The per-iteration masks M^1..M^K of an eval.json, in order (none for most models)."""
+    return sorted((m for m in result["results"] if _is_step(m)), key=lambda m: int(m[2:]))
+
+
 def _runs(results: Runs) -> list[dict]:
     return [r for runs in results.values() for r in runs.values()]
 
@@ -165,8 +170,7 @@ def iteration_table(results: Runs) -> str:
     variant that has them."""
     lines = []
     for variant, runs in results.items():
-        first = next(iter(runs.values()))
-        steps = sorted((m for m in first["results"] if _is_step(m)), key=lambda m: int(m[2:]))
+        steps = _steps(next(iter(runs.values())))
         if not steps:
             continue
         if not lines:
@@ -176,6 +180,37 @@ def iteration_table(results: Runs) -> str:
             values = " | ".join(_cell(stats.interval(list(scores(runs, m, key).values())))
                                 for m in steps)
             lines.append(f"| {variant} | {TITLES[key]} | {values} |")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def iteration_paired(results: Runs) -> dict[str, dict[str, dict[str, dict]]]:
+    """{variant: {metric: {"M^k": `stats.paired_difference` of M^k from M^1}}} for k >= 2, per
+    variant scored per iteration over two seeds or more: the same run's mask after k iterations
+    against after one (does iterating help?)."""
+    out: dict[str, dict[str, dict[str, dict]]] = {}
+    for variant, runs in results.items():
+        steps = _steps(next(iter(runs.values())))
+        if len(steps) < 2 or len(runs) < 2:
+            continue
+        out[variant] = {k: {m: stats.paired_difference(scores(runs, m, k), scores(runs, steps[0], k),
+                                                       k in LOCALIZATION.lower_is_better)
+                            for m in steps[1:]}
+                        for k in LOCALIZATION.metrics}
+    return out
+
+
+def iteration_gain_table(results: Runs) -> str:
+    """Markdown: per variant and metric, the paired difference of the last iteration's mask
+    M^K from M^1 over seeds, its 95 % interval and verdict. Empty without two seeds."""
+    lines = []
+    for variant, per_metric in iteration_paired(results).items():
+        for k, by_step in per_metric.items():
+            last, d = list(by_step.items())[-1]
+            if not lines:
+                lines = ["| variant | metric | M^K − M^1 (paired) | 95 % interval | n | verdict |",
+                         "|---|---|---|---|---|---|"]
+            lines.append(f"| {variant} | {TITLES[k]} | {last}: {d['mean']:+.4f} | {_range(d)} | "
+                         f"{d['n']} | {d['verdict']} |")
     return "\n".join(lines) + "\n" if lines else ""
 
 
@@ -362,18 +397,21 @@ def bar_chart(results: Runs, path: str) -> bool:
 
 def report_json(results: Runs, curves: Curves, reference: str) -> dict:
     """table.json: the reference, the confidence, and per variant its runs by seed, its
-    summary, its paired differences from the reference, and per epoch the same."""
+    summary, its paired differences from the reference, per epoch the same, and (iterative
+    models) each iteration's paired difference from the first."""
     task = task_of(results)
     diffs = paired(results, reference, task)
     by_subset = {s: paired(results, reference, task, s) for s in subsets(results)}
     per_epoch = epoch_paired(curves, task, reference) if len(common_epochs(curves)) >= 2 else {}
+    per_iteration = iteration_paired(results)
     return {"reference": reference, "confidence": stats.CONFIDENCE, "arms": {
         v: {"seeds": {str(s): r for s, r in runs.items()},
             "summary": summary(runs, task.metrics),
             "paired": diffs.get(v, {}),
             "paired_by_subset": {s: d[v] for s, d in by_subset.items() if v in d},
             "per_epoch_paired": {k: {f"{e:g}": d for e, d in by_e.items()}
-                                 for k, by_e in per_epoch.get(v, {}).items()}}
+                                 for k, by_e in per_epoch.get(v, {}).items()},
+            "per_iteration_paired": per_iteration.get(v, {})}
         for v, runs in results.items()}}
 
 
@@ -392,6 +430,10 @@ def write_report(results: Runs, curves: Curves, workdir: str, reference: str) ->
     steps = iteration_table(results)
     if steps:
         markdown += "\nPer iteration (the RSR masks M^k):\n\n" + steps
+        gain = iteration_gain_table(results)
+        if gain:
+            markdown += ("\nThe last iteration against the first (same run, paired over "
+                         "seeds):\n\n" + gain)
     has_curves = all(c for runs in curves.values() for c in runs.values())
     per_epoch = epoch_table(curves, task, reference) if has_curves else ""
     if per_epoch:
