@@ -209,7 +209,7 @@ def test_intervals_and_paired_differences_match_scipy_and_the_t_table():
 
 def test_the_last_iteration_is_paired_with_the_first_over_seeds(tmp_path):
     """An iterative model over 3 seeds: table.md and table.json give M^k − M^1 per seed (the
-    same run), with scipy's paired t interval and a verdict."""
+    same run), with scipy's paired t interval and a verdict; iterations.png draws M^k over k."""
     from scipy import stats as scipy_stats
 
     from jirl.ablation import report
@@ -229,6 +229,7 @@ def test_the_last_iteration_is_paired_with_the_first_over_seeds(tmp_path):
     assert row in markdown
     saved = json.loads((tmp_path / "table.json").read_text())
     assert saved["arms"]["row9"]["per_iteration_paired"]["iou"]["M^2"]["seeds"] == [0, 1, 2]
+    assert np.asarray(Image.open(tmp_path / "iterations.png")).shape[:2] == (350, 1350)
     one_seed = {"row9": {0: results["row9"][0]}}
     assert report.iteration_paired(one_seed) == {} and report.iteration_gain_table(one_seed) == ""
 
@@ -300,6 +301,7 @@ def test_report_over_seeds_has_intervals_paired_verdicts_per_epoch_and_band_char
         large["mean"], rel=1e-12)
     for chart in ("chart.png", "curves.png"):
         assert np.asarray(Image.open(tmp_path / chart)).shape[0] == 350
+    assert not (tmp_path / "iterations.png").exists()  # no model here iterates
 
 
 def test_seeds_run_each_arm_per_seed_into_its_own_folder(tmp_path, monkeypatch):

@@ -92,7 +92,7 @@ def main(argv: list[str]) -> None:
         return
     with open(os.path.join(workdir, "table.md"), encoding="utf-8") as f:
         print(f.read())
-    for name in ("chart.png", "curves.png"):
+    for name in ("chart.png", "curves.png", "iterations.png"):
         if os.path.exists(os.path.join(workdir, name)):
             print(f"{name}: {os.path.abspath(os.path.join(workdir, name))}")
     if not os.path.exists(os.path.join(workdir, "chart.png")):

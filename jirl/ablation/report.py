@@ -329,18 +329,47 @@ def curve_chart(curves: Curves, task: Task, path: str) -> bool:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
     for ax, key in zip(axes[0], panels, strict=True):
         for i, variant in enumerate(curves):
-            color = f"C{i}"
-            for c in curves[variant].values():
-                ax.plot(epochs, [c[e][key] for e in epochs], color=color, alpha=0.25, lw=0.8)
-            ivs = [stats.interval(list(epoch_values(curves, variant, e, key).values()))
-                   for e in epochs]
-            ax.plot(epochs, [iv["mean"] for iv in ivs], color=color, marker="o", lw=2,
-                    label=f"{variant} (n={len(curves[variant])})")
-            if all(iv["low"] is not None for iv in ivs):
-                ax.fill_between(epochs, [iv["low"] for iv in ivs], [iv["high"] for iv in ivs],
-                                color=color, alpha=0.2)
+            _band(ax, epochs, {seed: [c[e][key] for e in epochs]
+                               for seed, c in curves[variant].items()}, f"C{i}", variant)
         ax.set_xlabel("epoch")
         ax.set_title(TITLES[key] + (" (lower is better)" if key in lower_is_better else ""))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+def _band(ax, xs: list, series: Mapping[int, list[float]], color: str, label: str) -> None:
+    """Each seed's series faint, their mean bold with its 95 % interval as a band."""
+    for ys in series.values():
+        ax.plot(xs, ys, color=color, alpha=0.25, lw=0.8)
+    ivs = [stats.interval([ys[j] for ys in series.values()]) for j in range(len(xs))]
+    ax.plot(xs, [iv["mean"] for iv in ivs], color=color, marker="o", lw=2,
+            label=f"{label} (n={len(series)})")
+    if all(iv["low"] is not None for iv in ivs):
+        ax.fill_between(xs, [iv["low"] for iv in ivs], [iv["high"] for iv in ivs],
+                        color=color, alpha=0.2)
+
+
+def iteration_chart(results: Runs, path: str) -> bool:
+    """One panel per localization metric over the iterations k of the masks M^k: each seed
+    faint, each variant's mean with its 95 % band; PNG. False without matplotlib or without
+    per-iteration masks."""
+    plt = _plt()
+    iterative = {v: runs for v, runs in results.items() if _steps(next(iter(runs.values())))}
+    if plt is None or not iterative:
+        return False
+    panels = LOCALIZATION.metrics
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
+    for ax, key in zip(axes[0], panels, strict=True):
+        for i, (variant, runs) in enumerate(iterative.items()):
+            steps = _steps(next(iter(runs.values())))
+            _band(ax, [int(m[2:]) for m in steps],
+                  {seed: [r["results"][m]["all"][key] for m in steps] for seed, r in runs.items()},
+                  f"C{i}", variant)
+        ax.set_xlabel("iteration k (mask M^k)")
+        ax.set_title(TITLES[key])
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
@@ -445,6 +474,7 @@ def write_report(results: Runs, curves: Curves, workdir: str, reference: str) ->
     files.write_json(os.path.join(workdir, "table.json"),
                      report_json(results, curves if has_curves else {}, reference))
     bar_chart(results, os.path.join(workdir, "chart.png"))
+    iteration_chart(results, os.path.join(workdir, "iterations.png"))
     if per_epoch:
         curve_chart(curves, task, os.path.join(workdir, "curves.png"))
     return markdown
