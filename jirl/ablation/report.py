@@ -5,7 +5,8 @@
 show the values as they are; with several, each cell is mean ± std over seeds, the intervals
 table gives the 95 % Student t interval of each arm's mean and of its paired difference from the
 reference arm (the same seed in both) with a verdict, the subset table does the same on each part
-of the split (foreground-size bins, sub-datasets), and the per-epoch table epoch by epoch.
+of the split (foreground-size bins, sub-datasets), the per-epoch table epoch by epoch, and for an
+iterative model (RSRNet's M^k) each iteration paired with the first.
 """
 
 from __future__ import annotations
